@@ -1,0 +1,1 @@
+"""Read models as pure code, plus the ClickHouse adapter."""

@@ -1,0 +1,1 @@
+"""ClickHouse adapter: client factory, DDL and migrations, batched writer, queries."""

@@ -1,0 +1,1 @@
+"""Kafka wiring: the Faust app, topics, the validator and sink agents."""
