@@ -1,4 +1,4 @@
 """Imports every command module so that each registers its commands on the app."""
 
 # ruff: noqa: F401
-from journey.cli import info
+from journey.cli import demo, info, run, sql, stack
