@@ -1,0 +1,180 @@
+"""The warehouse registry: every table's name and DDL, applied as versioned migrations.
+
+No other module spells a table name: they import the constants below.
+
+Migrations are append-only. A migration that shipped is never edited; a later change is
+a new migration (ALTER ... IF NOT EXISTS and friends). Every statement must be idempotent
+(IF NOT EXISTS), because a process can die between running a migration's DDL and
+recording it, and because two processes may race on a fresh server; rerunning is then
+harmless.
+
+Room is kept for the read models still to come (journeys, transitions, identities,
+friction, KPI rollups): each gets a name constant here and a migration of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from projections.clickhouse.client import Warehouse, WarehouseError
+
+SCHEMA_MIGRATIONS = "schema_migrations"
+TOUCHPOINTS = "touchpoints"
+# Reserved for the coming read models, so nobody else claims these names:
+# JOURNEYS = "journeys", TRANSITIONS = "transitions", IDENTITIES = "identities",
+# FRICTION = "friction".
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_SCHEMA_MIGRATIONS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA_MIGRATIONS}
+(
+    version    UInt32,
+    name       String,
+    applied_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version
+"""
+
+# Design notes for `touchpoints` (the queries group by customer and walk time):
+# - ReplacingMergeTree keyed on ORDER BY (customer_key, occurred_at, event_id): a journey
+#   query reads one customer's events as a contiguous, time-sorted range. Deduplication
+#   happens on the whole sorting key, so this key also dedups by event_id because a
+#   repeated event_id carries the same customer_key and occurred_at: occurred_at is the
+#   producer's, and customer_key is stamped once by the validator on the immutable
+#   `touchpoints` topic, so sink retries and replays from offset 0 write identical keys.
+#   (The one gap: a producer re-sending an event after the validator's dedup window, once
+#   identity resolution has moved its anonymous id to a customer, lands under another
+#   customer_key and is not merged.)
+# - Merges run in the background, so readers must say FINAL (the query builders do) to
+#   see each event once right after an insert. PARTITION BY a function of occurred_at,
+#   which is in the sorting key, keeps duplicates in one partition, so FINAL never has to
+#   merge across partitions.
+# - non_replicated_deduplication_window makes a retried identical insert block (or one
+#   with the same insert_deduplication_token) a no-op at insert time, the common duplicate
+#   of an at-least-once sink; replicated tables do this by default.
+# - inserted_at is the version: among copies of an event the latest write wins.
+# - event_id is a String, not UUID: a batch must never fail on a spelling the validator
+#   let through, and as the last key column its size barely matters.
+# - Optional ids are non-nullable String defaulting to '': no null map to read, and ''
+#   means absent (EVENTS.md ids are at least one character).
+# - properties stays the raw JSON object as a String (plus MATERIALIZED hot columns)
+#   rather than the JSON type: JSONExtract* works on it in every ClickHouse and chDB
+#   version, unknown extra properties are kept byte for byte, and the JSON type needs
+#   ClickHouse 25.3+ (or experimental flags) on a server. MATERIALIZED columns are
+#   computed once at insert and are not in SELECT *; name them.
+_TOUCHPOINTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {TOUCHPOINTS}
+(
+    event_id       String,
+    schema_version UInt16,
+    type           LowCardinality(String),
+    occurred_at    DateTime64(3, 'UTC'),
+    received_at    DateTime64(3, 'UTC'),
+    channel        LowCardinality(String),
+    customer_key   String,
+    customer_id    String DEFAULT '',
+    anonymous_id   String DEFAULT '',
+    session_id     String DEFAULT '',
+    case_id        String DEFAULT '',
+    source         LowCardinality(String) DEFAULT '',
+    properties     String DEFAULT '{{}}' CODEC(ZSTD(3)),
+    revenue        Nullable(Decimal(18, 4))
+                   MATERIALIZED JSONExtract(properties, 'revenue', 'Nullable(Decimal(18, 4))'),
+    amount         Nullable(Decimal(18, 4))
+                   MATERIALIZED JSONExtract(properties, 'amount', 'Nullable(Decimal(18, 4))'),
+    currency       LowCardinality(String) MATERIALIZED JSONExtractString(properties, 'currency'),
+    campaign       String MATERIALIZED JSONExtractString(properties, 'campaign'),
+    product_id     String MATERIALIZED JSONExtractString(properties, 'product_id'),
+    order_id       String MATERIALIZED JSONExtractString(properties, 'order_id'),
+    topic          LowCardinality(String) MATERIALIZED JSONExtractString(properties, 'topic'),
+    score          Nullable(Float64)
+                   MATERIALIZED JSONExtract(properties, 'score', 'Nullable(Float64)'),
+    inserted_at    DateTime64(3, 'UTC') DEFAULT now64(3),
+    INDEX event_id_bloom event_id TYPE bloom_filter GRANULARITY 4,
+    INDEX case_id_bloom case_id TYPE bloom_filter GRANULARITY 4
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (customer_key, occurred_at, event_id)
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+# The columns the touchpoint writer fills, with their types, so an insert needs no
+# describe round trip. A test checks them against the table that migration 1 creates.
+TOUCHPOINT_INSERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "String"),
+    ("schema_version", "UInt16"),
+    ("type", "LowCardinality(String)"),
+    ("occurred_at", "DateTime64(3, 'UTC')"),
+    ("received_at", "DateTime64(3, 'UTC')"),
+    ("channel", "LowCardinality(String)"),
+    ("customer_key", "String"),
+    ("customer_id", "String"),
+    ("anonymous_id", "String"),
+    ("session_id", "String"),
+    ("case_id", "String"),
+    ("source", "LowCardinality(String)"),
+    ("properties", "String"),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create touchpoints", (_TOUCHPOINTS_DDL,)),)
+
+
+def _check_order(migrations: tuple[Migration, ...]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise AssertionError(f"migration versions must run 1, 2, 3, ... without gaps: {versions}")
+
+
+_check_order(MIGRATIONS)
+
+
+def applied_versions(warehouse: Warehouse) -> set[int]:
+    """Versions recorded in schema_migrations (empty when the table does not exist yet)."""
+    exists = warehouse.query(
+        "SELECT count() FROM system.tables"
+        " WHERE database = currentDatabase() AND name = {t:String}",
+        {"t": SCHEMA_MIGRATIONS},
+    ).scalar()
+    if not exists:
+        return set()
+    result = warehouse.query(f"SELECT DISTINCT version FROM {SCHEMA_MIGRATIONS}")
+    return {int(row[0]) for row in result.rows}
+
+
+def migrate(warehouse: Warehouse) -> list[Migration]:
+    """Apply the migrations the warehouse lacks, in order; return those applied.
+
+    Running it again applies nothing. Fails when the warehouse was migrated by newer code.
+    """
+    warehouse.command(_SCHEMA_MIGRATIONS_DDL)
+    done = applied_versions(warehouse)
+    newest = MIGRATIONS[-1].version
+    if done and max(done) > newest:
+        raise WarehouseError(
+            f"the warehouse at {warehouse.location} has schema version {max(done)}, newer than "
+            f"this code knows ({newest}): upgrade journey"
+        )
+    applied: list[Migration] = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            warehouse.command(statement)
+        warehouse.insert(
+            SCHEMA_MIGRATIONS,
+            [[migration.version], [migration.name], [datetime.now(UTC)]],
+            ["version", "name", "applied_at"],
+            column_types=["UInt32", "String", "DateTime64(3, 'UTC')"],
+        )
+        applied.append(migration)
+    return applied

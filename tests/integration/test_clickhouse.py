@@ -1,0 +1,579 @@
+"""The ClickHouse adapter against the real engine: embedded chDB in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from journey.cli.sql import QueryFailedError, run_query
+from journey.errors import ServiceUnavailableError
+from journey.settings import Settings
+from projections.clickhouse.client import (
+    QueryError,
+    Warehouse,
+    WarehouseConfigError,
+    WarehouseError,
+    WarehouseUnavailableError,
+    connect,
+)
+from projections.clickhouse.queries import (
+    QueryRejectedError,
+    funnel_sql,
+    jsonable_rows,
+    run_readonly,
+    touchpoint_counts_sql,
+)
+from projections.clickhouse.tables import (
+    MIGRATIONS,
+    SCHEMA_MIGRATIONS,
+    TOUCHPOINT_INSERT_COLUMNS,
+    TOUCHPOINTS,
+    applied_versions,
+    migrate,
+)
+from projections.clickhouse.writer import insert_touchpoints
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+
+
+def touchpoint(customer: str, type_: str, at: datetime, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": extra.pop("event_id", str(uuid.uuid4())),
+        "schema_version": 1,
+        "type": type_,
+        "occurred_at": at.isoformat().replace("+00:00", "Z"),
+        "received_at": (at + timedelta(seconds=1)).isoformat(),
+        "channel": extra.pop("channel", "web"),
+        "customer_id": customer,
+        "customer_key": customer,
+        "properties": extra.pop("properties", {}),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def warehouse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("warehouse")
+
+
+@pytest.fixture(scope="module")
+def opened(warehouse_dir: Path) -> Iterator[tuple[Warehouse, list[int]]]:
+    # chDB hosts one folder per process, so the module shares one warehouse.
+    warehouse = connect(f"chdb://{warehouse_dir}")
+    try:
+        applied = [m.version for m in migrate(warehouse)]
+        yield warehouse, applied
+    finally:
+        warehouse.close()
+
+
+@pytest.fixture
+def warehouse(opened: tuple[Warehouse, list[int]]) -> Warehouse:
+    wh = opened[0]
+    wh.command(f"TRUNCATE TABLE {TOUCHPOINTS}")
+    return wh
+
+
+def final_count(warehouse: Warehouse) -> int:
+    return int(warehouse.query(f"SELECT count() FROM {TOUCHPOINTS} FINAL").scalar())
+
+
+# ---- migrations ------------------------------------------------------------------------
+
+
+def test_migrations_apply_once(opened: tuple[Warehouse, list[int]]) -> None:
+    warehouse, first = opened
+    assert first == [m.version for m in MIGRATIONS]
+    assert migrate(warehouse) == []
+    assert migrate(warehouse) == []
+    assert applied_versions(warehouse) == {m.version for m in MIGRATIONS}
+    rows = warehouse.query(f"SELECT version, name FROM {SCHEMA_MIGRATIONS} ORDER BY version")
+    assert rows.rows == [(m.version, m.name) for m in MIGRATIONS]
+
+
+def test_newer_warehouse_is_refused(warehouse: Warehouse) -> None:
+    future = MIGRATIONS[-1].version + 1
+    warehouse.insert(
+        SCHEMA_MIGRATIONS,
+        [[future], ["from the future"], [datetime.now(UTC)]],
+        ["version", "name", "applied_at"],
+    )
+    try:
+        with pytest.raises(WarehouseError, match="upgrade journey"):
+            migrate(warehouse)
+    finally:
+        warehouse.command(
+            f"ALTER TABLE {SCHEMA_MIGRATIONS} DELETE WHERE version = {{v:UInt32}}",
+            {"v": future},
+            settings={"mutations_sync": 1},
+        )
+    assert migrate(warehouse) == []
+
+
+def test_writer_columns_match_the_table(warehouse: Warehouse) -> None:
+    described = {row[0]: row[1] for row in warehouse.query(f"DESCRIBE TABLE {TOUCHPOINTS}").rows}
+    for name, type_ in TOUCHPOINT_INSERT_COLUMNS:
+        assert described[name] == type_, name
+
+
+# ---- writes ----------------------------------------------------------------------------
+
+
+def test_insert_and_read_back(warehouse: Warehouse) -> None:
+    at = T0 + timedelta(milliseconds=123)
+    batch = [
+        touchpoint(
+            "c1",
+            "purchase",
+            at,
+            event_id="e-1",
+            session_id="s1",
+            source="shop",
+            properties={"order_id": "o1", "revenue": "19.99", "currency": "EUR", "gift": True},
+        ),
+        touchpoint("c1", "support_contact", at, case_id="k1", properties={"topic": "billing"}),
+        touchpoint("a-77", "page_view", at, customer_key="a-77", customer_id=None),
+    ]
+    assert insert_touchpoints(warehouse, batch) == 3
+    result = warehouse.query(
+        f"""SELECT event_id, type, occurred_at, received_at, channel, customer_key, session_id,
+                   source, revenue, currency, order_id, topic, case_id, customer_id
+            FROM {TOUCHPOINTS} FINAL WHERE event_id = {{id:String}}""",
+        {"id": "e-1"},
+    )
+    (row,) = result.dicts()
+    assert row["occurred_at"] == at
+    assert row["received_at"] == at + timedelta(seconds=1)
+    assert row["revenue"] == Decimal("19.99")
+    assert (row["currency"], row["order_id"], row["session_id"], row["source"]) == (
+        "EUR",
+        "o1",
+        "s1",
+        "shop",
+    )
+    topics = warehouse.query(
+        f"SELECT topic, case_id FROM {TOUCHPOINTS} FINAL WHERE type = 'support_contact'"
+    )
+    assert topics.rows == [("billing", "k1")]
+    anonymous = warehouse.query(
+        f"SELECT customer_id, customer_key FROM {TOUCHPOINTS} FINAL WHERE type = 'page_view'"
+    )
+    assert anonymous.rows == [("", "a-77")]
+
+
+def test_duplicate_event_ids_count_once(warehouse: Warehouse) -> None:
+    a, b, c = (touchpoint("c1", "page_view", T0 + timedelta(seconds=i)) for i in range(3))
+    insert_touchpoints(warehouse, [a, b])
+    insert_touchpoints(warehouse, [a, b])  # a retried batch
+    insert_touchpoints(warehouse, [b, c])  # a re-batched replay
+    assert final_count(warehouse) == 3
+    counts = run_readonly(warehouse, *touchpoint_counts_sql())
+    assert counts.rows == [("page_view", 3, 1)]
+
+
+def test_dedup_token_makes_a_retry_a_no_op(warehouse: Warehouse) -> None:
+    first = [touchpoint("c1", "page_view", T0)]
+    insert_touchpoints(warehouse, first, dedup_token="touchpoints/0/10-19")
+    # same token, different content: taken for the same insert and skipped
+    insert_touchpoints(
+        warehouse, [touchpoint("c2", "page_view", T0)], dedup_token="touchpoints/0/10-19"
+    )
+    assert int(warehouse.query(f"SELECT count() FROM {TOUCHPOINTS}").scalar()) == 1
+
+
+def test_properties_are_queryable(warehouse: Warehouse) -> None:
+    insert_touchpoints(
+        warehouse,
+        [
+            touchpoint(
+                "c1",
+                "purchase",
+                T0,
+                properties={
+                    "order_id": "o1",
+                    "revenue": 10.5,
+                    "currency": "EUR",
+                    "items": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}],
+                    "x_custom": {"nested": "kept"},
+                },
+            ),
+            touchpoint(
+                "c2",
+                "purchase",
+                T0,
+                properties={"order_id": "o2", "revenue": "4.25", "currency": "EUR"},
+            ),
+            touchpoint("c3", "site_visit", T0, properties={"url": "/", "utm_source": "news"}),
+        ],
+    )
+    result = run_readonly(
+        warehouse,
+        f"""SELECT sum(JSONExtractFloat(properties, 'revenue')) AS float_revenue,
+                   sum(revenue) AS decimal_revenue,
+                   sumIf(JSONLength(properties, 'items'), type = 'purchase') AS item_lines,
+                   anyIf(JSONExtractString(properties, 'x_custom', 'nested'), customer_key = 'c1')
+                       AS nested,
+                   anyIf(JSONExtractString(properties, 'utm_source'), type = 'site_visit') AS utm
+            FROM {TOUCHPOINTS} FINAL""",
+    )
+    assert result.dicts() == [
+        {
+            "float_revenue": 14.75,
+            "decimal_revenue": Decimal("14.75"),
+            "item_lines": 2,
+            "nested": "kept",
+            "utm": "news",
+        }
+    ]
+
+
+def test_queries_and_inserts_from_threads(warehouse: Warehouse) -> None:
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for round_ in range(5):
+                batch = [
+                    touchpoint(f"w{worker}-{i}", "page_view", T0 + timedelta(minutes=round_))
+                    for i in range(200)
+                ]
+                insert_touchpoints(warehouse, batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            for _ in range(10):
+                run_readonly(warehouse, *touchpoint_counts_sql())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+    threads += [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert final_count(warehouse) == 2 * 5 * 200
+
+
+# ---- the funnel ------------------------------------------------------------------------
+
+STEPS = ["site_visit", "add_to_cart", "purchase"]
+WINDOW = 3600
+
+
+def reached_level(events: list[tuple[datetime, str]], steps: list[str], window_s: int) -> int:
+    """Deepest funnel step reached, computed independently: a chain of the step types with
+    strictly increasing times, the last no more than the window after the first."""
+    ordered = sorted(events)
+    best = 0
+    for start, kind in ordered:
+        if kind != steps[0]:
+            continue
+        level, last = 1, start
+        for step in steps[1:]:
+            later = [
+                t
+                for t, k in ordered
+                if k == step and last < t <= start + timedelta(seconds=window_s)
+            ]
+            if not later:
+                break
+            level, last = level + 1, min(later)
+        best = max(best, level)
+    return best
+
+
+def expected_funnel(
+    journeys: dict[str, list[tuple[datetime, str]]], steps: list[str], window_s: int
+) -> list[tuple[int, str, int]]:
+    levels = [reached_level(events, steps, window_s) for events in journeys.values()]
+    return [(k, step, sum(1 for level in levels if level >= k)) for k, step in enumerate(steps, 1)]
+
+
+def hand_built_journeys() -> dict[str, list[tuple[datetime, str]]]:
+    m = timedelta(minutes=1)
+    ms = timedelta(milliseconds=1)
+    return {
+        "in_order": [(T0, "site_visit"), (T0 + 5 * m, "add_to_cart"), (T0 + 9 * m, "purchase")],
+        "stops_at_cart": [(T0, "site_visit"), (T0 + 5 * m, "add_to_cart")],
+        "reverse_order": [(T0, "purchase"), (T0 + m, "add_to_cart"), (T0 + 2 * m, "site_visit")],
+        "purchase_too_late": [
+            (T0, "site_visit"),
+            (T0 + 10 * m, "add_to_cart"),
+            (T0 + 120 * m, "purchase"),
+        ],
+        "second_try_in_window": [
+            (T0, "site_visit"),
+            (T0 + 180 * m, "site_visit"),
+            (T0 + 190 * m, "add_to_cart"),
+            (T0 + 200 * m, "purchase"),
+        ],
+        "same_instant": [(T0, "site_visit"), (T0, "add_to_cart"), (T0 + m, "purchase")],
+        "cart_on_the_boundary": [
+            (T0, "site_visit"),
+            (T0 + WINDOW * 1000 * ms, "add_to_cart"),
+            (T0 + (WINDOW * 1000 + 1) * ms, "purchase"),
+        ],
+        "noise_between": [
+            (T0, "site_visit"),
+            (T0 + m, "page_view"),
+            (T0 + 2 * m, "purchase"),
+            (T0 + 3 * m, "add_to_cart"),
+            (T0 + 4 * m, "purchase"),
+        ],
+        "cart_only": [(T0, "add_to_cart")],
+        "no_step_at_all": [(T0, "page_view"), (T0 + m, "search")],
+    }
+
+
+def insert_journeys(warehouse: Warehouse, journeys: dict[str, list[tuple[datetime, str]]]) -> None:
+    batch = [
+        touchpoint(customer, kind, at)
+        for customer, events in journeys.items()
+        for at, kind in events
+    ]
+    insert_touchpoints(warehouse, batch)
+
+
+def test_funnel_on_hand_built_journeys(warehouse: Warehouse) -> None:
+    journeys = hand_built_journeys()
+    insert_journeys(warehouse, journeys)
+    levels = {c: reached_level(e, STEPS, WINDOW) for c, e in journeys.items()}
+    assert levels == {
+        "in_order": 3,
+        "stops_at_cart": 2,
+        "reverse_order": 1,
+        "purchase_too_late": 2,
+        "second_try_in_window": 3,
+        "same_instant": 1,
+        "cart_on_the_boundary": 2,
+        "noise_between": 3,
+        "cart_only": 0,
+        "no_step_at_all": 0,
+    }
+    result = run_readonly(warehouse, *funnel_sql(STEPS, WINDOW))
+    assert result.columns == ("step", "step_type", "customers")
+    assert result.rows == [(1, "site_visit", 8), (2, "add_to_cart", 6), (3, "purchase", 3)]
+    assert result.rows == expected_funnel(journeys, STEPS, WINDOW)
+
+
+def test_funnel_on_random_journeys(warehouse: Warehouse) -> None:
+    rng = random.Random(20240501)
+    kinds = [*STEPS, "page_view"]
+    journeys = {
+        f"r{n}": [
+            (T0 + timedelta(seconds=rng.randrange(0, 4 * 3600)), rng.choice(kinds))
+            for _ in range(rng.randrange(1, 9))
+        ]
+        for n in range(300)
+    }
+    insert_journeys(warehouse, journeys)
+    for window in (600, 3600, 7200):
+        result = run_readonly(warehouse, *funnel_sql(STEPS, window))
+        assert result.rows == expected_funnel(journeys, STEPS, window), window
+
+
+def test_funnel_time_range_and_empty_steps(warehouse: Warehouse) -> None:
+    journeys = hand_built_journeys()
+    insert_journeys(warehouse, journeys)
+    until = T0 + timedelta(minutes=150)  # leaves out the second try and the late purchase
+    clipped = {c: [(t, k) for t, k in events if t < until] for c, events in journeys.items()}
+    result = run_readonly(warehouse, *funnel_sql(STEPS, WINDOW, since=T0, until=until))
+    assert result.rows == expected_funnel(clipped, STEPS, WINDOW)
+    nobody = run_readonly(warehouse, *funnel_sql(["x'; DROP TABLE touchpoints; --", "b"], 60))
+    assert nobody.rows == [(1, "x'; DROP TABLE touchpoints; --", 0), (2, "b", 0)]
+    assert final_count(warehouse) == sum(len(e) for e in journeys.values())
+
+
+# ---- read-only queries -----------------------------------------------------------------
+
+
+def test_read_only_gate(warehouse: Warehouse) -> None:
+    insert_touchpoints(warehouse, [touchpoint("c1", "page_view", T0)])
+    for statement in (
+        f"DROP TABLE {TOUCHPOINTS}",
+        f"SELECT 1; DROP TABLE {TOUCHPOINTS}",
+        "SELECT 1 INTO OUTFILE 'leak.csv'",
+    ):
+        with pytest.raises(QueryRejectedError):
+            run_readonly(warehouse, statement)
+    hostile = "x'; DROP TABLE touchpoints; --"
+    result = run_readonly(
+        warehouse,
+        f"SELECT count() FROM {TOUCHPOINTS} FINAL WHERE type = {{t:String}};",
+        {"t": hostile},
+    )
+    assert result.scalar() == 0
+    assert run_readonly(warehouse, "SELECT 1 AS one SETTINGS max_threads = 1").scalar() == 1
+    with pytest.raises(QueryError, match=r"UNKNOWN_IDENTIFIER|Unknown"):
+        run_readonly(warehouse, f"SELECT nope FROM {TOUCHPOINTS}")
+    # the readonly setting stays with its query: every pooled handle can still write
+    for _ in range(6):
+        insert_touchpoints(warehouse, [touchpoint("c2", "page_view", T0)])
+    assert final_count(warehouse) == 7
+
+
+# ---- connection errors -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn", ["postgres://x", "chdb://relative/path", "http:///nohost", ""])
+def test_bad_dsn(dsn: str) -> None:
+    with pytest.raises(WarehouseConfigError):
+        connect(dsn)
+
+
+def test_unreachable_server() -> None:
+    with pytest.raises(WarehouseUnavailableError, match=r"cannot reach ClickHouse at .*JOURNEY_"):
+        connect("http://user:secret@127.0.0.1:9/db")
+
+
+def test_one_folder_per_process(opened: tuple[Warehouse, list[int]], tmp_path: Path) -> None:
+    with pytest.raises(WarehouseUnavailableError, match="one warehouse per process"):
+        connect(f"chdb://{tmp_path}")
+    # the same folder twice shares the engine
+    with connect(f"chdb://{opened[0].location}") as again:
+        assert again.query("SELECT 1").scalar() == 1
+
+
+def test_second_process_is_told_who_holds_the_folder(
+    opened: tuple[Warehouse, list[int]],
+) -> None:
+    folder = opened[0].location
+    script = (
+        "import sys\n"
+        "from projections.clickhouse.client import WarehouseLockedError, connect\n"
+        "try:\n"
+        f"    connect({('chdb://' + folder)!r})\n"
+        "except WarehouseLockedError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.strip().startswith(
+        f"the warehouse at {folder} is in use by another process (pid {os.getpid()}; the worker?)"
+    )
+    assert done.stderr == ""
+
+
+def test_closed_warehouse_refuses_calls(warehouse_dir: Path) -> None:
+    with connect(f"chdb://{warehouse_dir}") as extra:
+        pass
+    with pytest.raises(WarehouseError, match="closed"):
+        extra.query("SELECT 1")
+
+
+# ---- journey sql's run_query -----------------------------------------------------------
+
+
+class FakeWorker:
+    """Stands in for the worker's POST /query, answering from the module's warehouse."""
+
+    def __init__(self, warehouse: Warehouse, status: int | None = None) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.seen.append(body)
+                code, answer = outer.answer(body)
+                payload = json.dumps(answer).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.warehouse = warehouse
+        self.status = status
+        self.seen: list[dict[str, Any]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, Any]:
+        if self.status is not None:
+            return self.status, "not here"
+        try:
+            result = run_readonly(self.warehouse, body["sql"], body["parameters"])
+        except WarehouseError as exc:
+            return 400, {"error": str(exc)}
+        return 200, {"columns": list(result.columns), "rows": jsonable_rows(result)}
+
+    def __enter__(self) -> FakeWorker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_settings(folder: str, port: int) -> Settings:
+    return Settings(clickhouse_dsn=f"chdb://{folder}", worker_port=port)
+
+
+def test_run_query_through_the_worker(warehouse: Warehouse) -> None:
+    insert_touchpoints(warehouse, [touchpoint("c1", "purchase", T0, properties={"revenue": 2})])
+    with FakeWorker(warehouse) as worker:
+        settings = cli_settings(warehouse.location, worker.port)
+        columns, rows = run_query(
+            settings,
+            f"SELECT type, occurred_at, revenue FROM {TOUCHPOINTS} FINAL WHERE type = {{t:String}}",
+            {"t": "purchase"},
+        )
+        assert columns == ["type", "occurred_at", "revenue"]
+        assert rows == [["purchase", T0.isoformat(), "2.0000"]]
+        assert worker.seen[0]["parameters"] == {"t": "purchase"}
+        with pytest.raises(QueryFailedError, match="not DROP"):
+            run_query(settings, f"DROP TABLE {TOUCHPOINTS}")
+        assert len(worker.seen) == 1  # refused before asking the worker
+        with pytest.raises(QueryFailedError, match="nope"):
+            run_query(settings, f"SELECT nope FROM {TOUCHPOINTS}")
+        assert len(worker.seen) == 2
+
+
+def test_run_query_reports_a_worker_that_is_not_one(warehouse: Warehouse) -> None:
+    with FakeWorker(warehouse, status=404) as worker:
+        settings = cli_settings(warehouse.location, worker.port)
+        with pytest.raises(ServiceUnavailableError, match="HTTP 404"):
+            run_query(settings, "SELECT 1")
+
+
+def test_run_query_opens_the_warehouse_without_a_worker(warehouse: Warehouse) -> None:
+    insert_touchpoints(warehouse, [touchpoint("c1", "page_view", T0)])
+    settings = cli_settings(warehouse.location, free_port())
+    columns, rows = run_query(settings, f"SELECT count() AS n FROM {TOUCHPOINTS} FINAL")
+    assert (columns, rows) == (["n"], [[1]])
+    with pytest.raises(QueryFailedError, match="one statement at a time"):
+        run_query(settings, "SELECT 1; SELECT 2")
