@@ -42,16 +42,19 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors for usage mistakes and known failures."""
     _register()
     try:
-        app(args=argv, prog_name="journey", standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(args=argv, prog_name="journey", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except cx.NoArgsIsHelpError:
         sys.exit(0)
     except cx.UsageError as exc:
         typer.echo(f"error: {exc.format_message()}{_help_hint(exc)}", err=True)
         sys.exit(2)
-    except cx.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except cx.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except cx.ClickException as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)

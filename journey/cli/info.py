@@ -11,7 +11,3 @@ def version() -> None:
     """Print the engine's version."""
     typer.echo(__version__)
 
-
-@app.command(hidden=True)
-def placeholder() -> None:
-    """Keeps the app a group while it has a single command."""

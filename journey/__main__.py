@@ -1,0 +1,5 @@
+"""`python -m journey` runs the CLI."""
+
+from journey.cli import main
+
+main()

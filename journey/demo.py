@@ -1,0 +1,215 @@
+"""`journey demo`: the whole ingest path on a synthetic workload, from nothing to a funnel."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from journey.errors import ServiceUnavailableError
+from journey.sdk import TouchpointProducer
+from journey.settings import Settings
+from journey.stack import KafkaStack, Outcome
+from journey.worker import WorkerProcess, require_worker, worker_status
+from journey.workload import Workload, generate
+
+FUNNEL = ("ad_impression", "site_visit", "add_to_cart", "purchase")
+FUNNEL_WINDOW = timedelta(days=7)
+
+
+@dataclass
+class DemoReport:
+    seed: int
+    produced: int = 0
+    valid: int = 0
+    duplicates: int = 0
+    dlq_by_reason: dict[str, int] = field(default_factory=dict)
+    rows_written: int = 0
+    produce_seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+    funnel: list[tuple[int, str, int]] = field(default_factory=list)
+    expected: Any = None
+
+    @property
+    def dlq(self) -> int:
+        return sum(self.dlq_by_reason.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.produced == self.valid + self.dlq + self.duplicates
+
+    @property
+    def rows_match(self) -> bool:
+        return self.rows_written == self.valid
+
+
+def _counters(settings: Settings) -> dict[str, Any]:
+    return dict(require_worker(settings)["counters"])
+
+
+def _rows(settings: Settings) -> int:
+    from journey.cli.sql import run_query
+    from projections.clickhouse.queries import touchpoint_total_sql
+
+    sql, params = touchpoint_total_sql()
+    _, rows = run_query(settings, sql, params)
+    return int(rows[0][0])
+
+
+async def _produce(settings: Settings, workload: Workload, progress: Progress) -> float:
+    task = progress.add_task("producing", total=len(workload.messages))
+    started = time.perf_counter()
+    async with TouchpointProducer(settings) as producer:
+        for i, message in enumerate(workload.messages):
+            if message.reason is None:
+                await producer.send_json(message.value)  # validated by the SDK first
+            else:
+                await producer.send_raw(message.value, key=message.key)  # deliberately bad
+            if i % 500 == 0:
+                progress.update(task, completed=i)
+        await producer.flush()
+    progress.update(task, completed=len(workload.messages))
+    return time.perf_counter() - started
+
+
+def _wait_for_pipeline(settings: Settings, before: dict[str, Any], produced: int,
+                       progress: Progress, timeout: float) -> dict[str, Any]:
+    """Poll the worker until every message is routed and every valid one is written."""
+    routed = progress.add_task("validating", total=produced)
+    written = progress.add_task("writing to ClickHouse", total=None)
+    deadline = time.monotonic() + timeout
+    while True:
+        now = _counters(settings)
+        delta = {k: now[k] - before[k] for k in ("read", "valid", "duplicates", "written")}
+        progress.update(routed, completed=delta["read"])
+        progress.update(written, total=max(delta["valid"], 1), completed=delta["written"])
+        if delta["read"] >= produced and delta["written"] >= delta["valid"]:
+            return now
+        if time.monotonic() > deadline:
+            raise ServiceUnavailableError(
+                f"the pipeline did not finish within {timeout:.0f}s (read {delta['read']} of "
+                f"{produced}, wrote {delta['written']} of {delta['valid']}): see "
+                f"{settings.home / 'worker.log'} and 'journey status'")
+        time.sleep(0.25)
+
+
+def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_running: bool,
+             timeout: float = 600.0, console: Console | None = None) -> DemoReport:
+    console = console or Console()
+    seed = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
+    report = DemoReport(seed=seed)
+
+    stack = KafkaStack(settings, console=console)
+    up = stack.up()
+    console.print(f"kafka: {up.outcome.value} at {up.status.bootstrap} ({up.seconds:.1f}s)")
+    worker = None
+    if worker_status(settings, timeout=0.5) is None:
+        with console.status("starting the worker"):
+            worker = WorkerProcess(settings)
+            worker.start()
+        console.print(f"worker: started at {settings.worker_url} (log {worker.log_path})")
+    else:
+        console.print(f"worker: already running at {settings.worker_url}")
+    try:
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
+        with console.status(f"generating the workload (seed {seed})"):
+            workload = generate(customers, seed, start=start)
+        report.expected = workload.expectation
+        report.produced = len(workload.messages)
+        before = _counters(settings)
+        rows_before = _rows(settings)
+
+        columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            t0 = time.perf_counter()
+            report.produce_seconds = asyncio.run(_produce(settings, workload, progress))
+            after = _wait_for_pipeline(settings, before, report.produced, progress, timeout)
+            report.pipeline_seconds = time.perf_counter() - t0
+
+        report.valid = after["valid"] - before["valid"]
+        report.duplicates = after["duplicates"] - before["duplicates"]
+        report.dlq_by_reason = {
+            reason: n - before["invalid_by_reason"].get(reason, 0)
+            for reason, n in after["invalid_by_reason"].items()
+            if n - before["invalid_by_reason"].get(reason, 0)
+        }
+        report.rows_written = _rows(settings) - rows_before
+        report.funnel = _funnel(settings)
+    finally:
+        if not keep_running:
+            if worker is not None:
+                with console.status("stopping the worker"):
+                    worker.stop()
+            if up.outcome is Outcome.STARTED:
+                with console.status("stopping kafka"):
+                    stack.down()
+    print_report(report, console)
+    if keep_running:
+        console.print(f"\nstill running: kafka at {up.status.bootstrap}, worker at "
+                      f"{settings.worker_url}. Try: journey sql \"SELECT type, count() FROM "
+                      "touchpoints GROUP BY type\"; stop with 'journey stack down'.")
+    return report
+
+
+def _funnel(settings: Settings) -> list[tuple[int, str, int]]:
+    from journey.cli.sql import run_query
+    from projections.clickhouse.queries import funnel_sql
+
+    sql, params = funnel_sql(FUNNEL, int(FUNNEL_WINDOW.total_seconds()))
+    _, rows = run_query(settings, sql, params)
+    return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+def _mark(ok: bool) -> str:
+    return "[green]ok[/green]" if ok else "[red]MISMATCH[/red]"
+
+
+def print_report(report: DemoReport, console: Console) -> None:
+    exp = report.expected
+    table = Table(title=f"journey demo - seed {report.seed}", show_lines=False)
+    table.add_column("")
+    table.add_column("measured", justify="right")
+    table.add_column("planted", justify="right")
+    table.add_row("produced", f"{report.produced:,}", f"{exp.messages:,}" if exp else "")
+    table.add_row("valid", f"{report.valid:,}", f"{exp.valid:,}" if exp else "")
+    table.add_row("dead-lettered", f"{report.dlq:,}", f"{exp.dlq:,}" if exp else "")
+    reasons = sorted(set(report.dlq_by_reason) | {r for r, n in
+                     (exp.dlq_by_reason.items() if exp else []) if n})
+    for reason in reasons:
+        table.add_row(f"  {reason}", f"{report.dlq_by_reason.get(reason, 0):,}",
+                      f"{exp.dlq_by_reason.get(reason, 0):,}" if exp else "")
+    table.add_row("duplicates dropped", f"{report.duplicates:,}",
+                  f"{exp.duplicates:,}" if exp else "")
+    table.add_row("rows in ClickHouse (new)", f"{report.rows_written:,}",
+                  f"{exp.valid:,}" if exp else "")
+    console.print(table)
+    console.print(f"produced = valid + DLQ + duplicates: {_mark(report.balanced)}    "
+                  f"ClickHouse rows = valid: {_mark(report.rows_match)}")
+    rate = report.produced / report.pipeline_seconds if report.pipeline_seconds else 0.0
+    console.print(f"throughput: produced in {report.produce_seconds:.1f}s, end to end "
+                  f"(produce -> validate -> ClickHouse) {report.pipeline_seconds:.1f}s = "
+                  f"{rate:,.0f} events/s")
+    funnel = Table(title="funnel, 7-day window (computed in ClickHouse)")
+    funnel.add_column("step")
+    funnel.add_column("touchpoint")
+    funnel.add_column("customers", justify="right")
+    funnel.add_column("from previous", justify="right")
+    funnel.add_column("from first", justify="right")
+    funnel.add_column("")
+    first = report.funnel[0][2] if report.funnel else 0
+    prev = first
+    for step, name, n in report.funnel:
+        bar = "#" * (round(30 * n / first) if first else 0)
+        funnel.add_row(str(step), name, f"{n:,}",
+                       f"{n / prev:.0%}" if prev else "-", f"{n / first:.0%}" if first else "-",
+                       bar)
+        prev = n
+    console.print(funnel)

@@ -1,0 +1,103 @@
+"""Runs the stream-processing worker in this process, or finds the one already running."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from journey.errors import ServiceUnavailableError
+from journey.settings import Settings
+
+
+def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
+    """Create the topics, then run the Faust worker until SIGINT/SIGTERM."""
+    from faust.worker import Worker
+
+    from streams.app import create_engine, prepare_topics
+
+    asyncio.run(prepare_topics(settings))
+    engine = create_engine(settings)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    worker = Worker(engine.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def worker_status(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The running worker's /status, or None when no worker answers."""
+    try:
+        with urllib.request.urlopen(f"{settings.worker_url}/status", timeout=timeout) as r:
+            data: dict[str, Any] = orjson.loads(r.read())
+            return data
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def require_worker(settings: Settings) -> dict[str, Any]:
+    status = worker_status(settings)
+    if status is None:
+        raise ServiceUnavailableError(
+            f"no worker answers at {settings.worker_url}: start one with 'journey worker' "
+            "(or set JOURNEY_WORKER_HOST/JOURNEY_WORKER_PORT)"
+        )
+    return status
+
+
+class WorkerProcess:
+    """A worker started as a child process (for the demo and the integration tests)."""
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = env
+        self.proc: Any = None
+        self.log_path = settings.home / "worker.log"
+
+    def start(self, timeout: float = 120.0) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = {**os.environ, **(self.env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "journey", "worker"], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceUnavailableError(
+                    f"the worker exited with code {self.proc.returncode} while starting: "
+                    f"see {self.log_path}")
+            if self.ready():
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise ServiceUnavailableError(
+            f"the worker did not become ready within {timeout:.0f}s: see {self.log_path}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.settings.worker_url}/health", timeout=1) as r:
+                return bool(orjson.loads(r.read()).get("warehouse"))
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)

@@ -1,0 +1,96 @@
+"""The one aiokafka wrapper: producers, consumers and topic administration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from journey.errors import ServiceUnavailableError
+from streams.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+# Re-exported so callers never import aiokafka themselves.
+__all__ = [
+    "KafkaError",
+    "create_topics",
+    "make_consumer",
+    "make_producer",
+    "unavailable",
+]
+
+
+def make_producer(bootstrap: str, *, linger_ms: int = 10, batch_bytes: int = 512 * 1024,
+                  client_id: str = "journey") -> AIOKafkaProducer:
+    """A producer that neither loses nor duplicates: acks=all and idempotence on."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=batch_bytes,
+        max_request_size=2 * 1024 * 1024,
+        compression_type=None,
+        request_timeout_ms=30000,
+    )
+
+
+def make_consumer(bootstrap: str, *topics: str, group_id: str | None,
+                  max_poll_records: int = 5000, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer that commits only when told to (commit after the work is safe)."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        fetch_max_bytes=32 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        isolation_level="read_committed",
+        **extra,
+    )
+
+
+def unavailable(bootstrap: str, exc: BaseException) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"Kafka at {bootstrap} is not reachable ({type(exc).__name__}): start it with "
+        "'journey stack up' or set JOURNEY_KAFKA_BOOTSTRAP"
+    )
+
+
+async def create_topics(bootstrap: str, specs: Iterable[TopicSpec],
+                        timeout: float = 30.0) -> list[str]:
+    """Create the missing topics with their partitions and config; returns those created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+    except (TimeoutError, KafkaConnectionError, OSError) as exc:
+        await admin.close()
+        raise unavailable(bootstrap, exc) from exc
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        if wanted:
+            brokers = len((await admin.describe_cluster())["brokers"])
+            replicas = min(3, brokers)
+            # another worker may win the race; the topic is there either way
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, replicas, topic_configs=s.config)
+                     for s in wanted]
+                )
+            created = [s.name for s in wanted]
+    finally:
+        await admin.close()
+    return created
+

@@ -1,0 +1,39 @@
+"""Counters of one worker process, served on its /status endpoint."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Metrics:
+    """Plain counters; the worker is one event loop, so no locking is needed."""
+
+    started_at: float = field(default_factory=time.time)
+    read: int = 0
+    valid: int = 0
+    invalid: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    written: int = 0
+    sink_batches: int = 0
+    sink_failures: int = 0
+    send_failures: int = 0
+    last_insert_error: str | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "read": self.read,
+            "valid": self.valid,
+            "invalid": sum(self.invalid.values()),
+            "invalid_by_reason": {str(k): v for k, v in sorted(self.invalid.items())},
+            "duplicates": self.duplicates,
+            "written": self.written,
+            "sink_batches": self.sink_batches,
+            "sink_failures": self.sink_failures,
+            "send_failures": self.send_failures,
+            "last_insert_error": self.last_insert_error,
+        }

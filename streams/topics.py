@@ -1,0 +1,57 @@
+"""Every Kafka topic of the engine, declared once: name, key, value, partitions, retention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from journey.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """What a topic carries; the name comes from settings so operators can rename it."""
+
+    name: str
+    key: str
+    value: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+# The event store is never rewritten: projections are rebuilt from offset 0.
+_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+_FOUR_WEEKS = {"retention.ms": str(28 * 24 * 3600 * 1000)}
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    ingest: TopicSpec
+    touchpoints: TopicSpec
+    dlq: TopicSpec
+    friction: TopicSpec
+
+    def all(self) -> tuple[TopicSpec, ...]:
+        return (self.ingest, self.touchpoints, self.dlq, self.friction)
+
+
+def topics(settings: Settings) -> Topics:
+    """The engine's topics as configured."""
+    n = settings.topic_partitions
+    return Topics(
+        ingest=TopicSpec(
+            settings.topic_ingest, "any (customer id recommended)", "touchpoint JSON", n,
+            dict(_FOUR_WEEKS),
+        ),
+        touchpoints=TopicSpec(
+            settings.topic_touchpoints, "customer key", "normalised touchpoint JSON", n,
+            dict(_FOREVER),
+        ),
+        dlq=TopicSpec(
+            settings.topic_dlq, "as received", "dead-letter record JSON", n, dict(_FOREVER)
+        ),
+        friction=TopicSpec(
+            settings.topic_friction, "customer key", "friction event JSON", n, dict(_FOREVER)
+        ),
+    )

@@ -1,0 +1,62 @@
+"""The worker's HTTP API: health, counters and read-only queries on its warehouse."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+
+if TYPE_CHECKING:
+    from streams.app import Engine
+
+
+def _json(view: View, value: Any, status: int = 200) -> Response:
+    # orjson: datetimes and decimals from ClickHouse rows serialise without fuss
+    return view.bytes(orjson.dumps(value, default=str), content_type="application/json",
+                      status=status)
+
+
+def install_web(app: faust.App, engine: Engine) -> None:
+    from projections.clickhouse.queries import QueryRejectedError, jsonable_rows, run_readonly
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return _json(self, {"ok": True, "warehouse": engine.warehouse is not None})
+
+    @app.page("/status")
+    class Status(View):
+        async def get(self, request: Request) -> Response:
+            s = engine.settings
+            return _json(self, {
+                "app_id": s.app_id,
+                "bootstrap": s.bootstrap,
+                "warehouse": s.warehouse_dsn,
+                "topics": {t.name: t.partitions for t in engine.topics.all()},
+                "counters": engine.metrics.snapshot(),
+            })
+
+    @app.page("/query")
+    class Query(View):
+        async def post(self, request: Request) -> Response:
+            if engine.warehouse is None:
+                return _json(self, {"error": "the warehouse is still opening; retry"}, 503)
+            try:
+                body = orjson.loads(await self.read_request_content(request))
+                sql = body["sql"]
+                params = body.get("parameters") or {}
+                if not isinstance(sql, str) or not isinstance(params, dict):
+                    raise TypeError("sql must be a string and parameters an object")
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                return _json(self, {"error": f"bad request: {exc}"}, 400)
+            try:
+                result = await asyncio.to_thread(run_readonly, engine.warehouse, sql, params)
+            except QueryRejectedError as exc:
+                return _json(self, {"error": str(exc)}, 400)
+            except Exception as exc:  # ClickHouse errors are the caller's to read
+                return _json(self, {"error": f"{type(exc).__name__}: {exc}"}, 400)
+            return _json(self, {"columns": list(result.columns), "types": list(result.types),
+                                "rows": jsonable_rows(result)})

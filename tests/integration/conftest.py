@@ -1,0 +1,71 @@
+"""One real Kafka broker and one worker per test session, started by the project's stack manager.
+
+Nothing here skips: without Java, Maven or a broker that starts, the session fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from journey.settings import Settings
+from journey.stack import KafkaStack, ensure_kafka
+from journey.worker import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+# Ports apart from the defaults so a developer's own stack keeps running.
+TEST_PORTS = {"kafka_port": 39092, "kafka_controller_port": 39093, "worker_port": 36066}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The JOURNEY_* variables that reproduce `settings` in a child process."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"JOURNEY_{name.upper()}"] = str(value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("journey-home")
+
+
+@pytest.fixture(scope="session")
+def settings(stack_home: Path) -> Settings:
+    external = os.environ.get("JOURNEY_TEST_KAFKA_BOOTSTRAP")
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        home=stack_home,
+        kafka_bootstrap=external,
+        clickhouse_dsn=f"chdb://{stack_home / 'warehouse'}",
+        app_id=f"journey-it-{run}",
+        topic_ingest=f"it-{run}.touchpoints.ingest",
+        topic_touchpoints=f"it-{run}.touchpoints",
+        topic_dlq=f"it-{run}.touchpoints.dlq",
+        topic_friction=f"it-{run}.friction",
+        sink_batch_seconds=0.3,
+        **TEST_PORTS,
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka(settings: Settings) -> Iterator[str]:
+    bootstrap = ensure_kafka(settings)
+    yield bootstrap
+    if settings.uses_local_stack:
+        KafkaStack(settings).down()
+
+
+@pytest.fixture(scope="session")
+def worker(kafka: str, settings: Settings) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(settings, env=settings_env(settings))
+    proc.start()
+    yield proc
+    proc.stop()
+
