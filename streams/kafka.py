@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Re-exported so callers never import aiokafka themselves.
 __all__ = [
     "KafkaError",
+    "TopicPartition",
     "create_topics",
     "make_consumer",
     "make_producer",

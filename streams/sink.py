@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
 
-from streams.kafka import make_consumer
+from streams.kafka import TopicPartition, make_consumer
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)

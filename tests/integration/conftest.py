@@ -68,4 +68,3 @@ def worker(kafka: str, settings: Settings) -> Iterator[WorkerProcess]:
     proc.start()
     yield proc
     proc.stop()
-
