@@ -122,7 +122,11 @@ def test_time_range_is_bound() -> None:
     since = datetime(2024, 1, 1, tzinfo=UTC)
     until = datetime(2024, 2, 1)  # naive reads as UTC
     sql, params = touchpoint_counts_sql(since=since, until=until)
-    assert params == {"since": "2024-01-01T00:00:00+00:00", "until": "2024-02-01T00:00:00+00:00"}
+    assert params == {
+        "since": "2024-01-01T00:00:00+00:00",
+        "until": "2024-02-01T00:00:00+00:00",
+        "identify_type": "identify",
+    }
     assert "{since:String}" in sql and "{until:String}" in sql
     assert "2024" not in sql
     sql, params = funnel_sql(["a", "b"], 60, since=since)
@@ -130,11 +134,57 @@ def test_time_range_is_bound() -> None:
     assert re.search(r"occurred_at >= \S+\(\{since:String\}", sql)
 
 
-def test_counts_without_range_have_no_where() -> None:
+def test_counts_without_range_filter_no_time() -> None:
     sql, params = touchpoint_counts_sql()
-    assert params == {}
-    assert "WHERE" not in sql
+    # only the identity link's type is bound; no time bound is read
+    assert params == {"identify_type": "identify"}
+    assert "occurred_at >=" not in sql and "occurred_at <" not in sql
     assert f"FROM {TOUCHPOINTS} FINAL" in sql
+
+
+def _identities_cte(sql: str) -> str:
+    start = sql.index("identities AS (")
+    return sql[start : sql.index("\n)", start)]
+
+
+@pytest.mark.parametrize(
+    "built",
+    [
+        funnel_sql(["ad_impression", "purchase"], 60),
+        funnel_sql(["ad_impression", "purchase"], 60, since=datetime(2024, 1, 1, tzinfo=UTC)),
+        touchpoint_counts_sql(),
+        touchpoint_counts_sql(until=datetime(2024, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_queries_stitch_anonymous_ids_to_their_first_identify(
+    built: tuple[str, dict[str, object]],
+) -> None:
+    sql, params = built
+    assert params["identify_type"] == "identify"
+    cte = _identities_cte(sql)
+    assert "type = {identify_type:String}" in cte
+    assert f"FROM {TOUCHPOINTS} FINAL" in cte
+    # first link wins: the customer of the earliest identify, ties by event_id
+    assert "argMin(customer_id, (occurred_at, event_id))" in cte
+    assert "GROUP BY anonymous_id" in cte
+    # an identify before the queried range still links, so the link ignores the range
+    assert "since" not in cte and "until" not in cte
+    assert "LEFT ANY JOIN identities AS i ON e.anonymous_id = i.anonymous_id" in sql
+    # person: own customer_id, else the linked customer, else the anonymous id
+    person = sql[sql.index("multiIf(") :]
+    order = [person.index(c) for c in ("e.customer_id", "i.linked_customer_id", "e.anonymous_id")]
+    assert order == sorted(order)
+    assert "identify" not in sql.replace("identify_type", "").replace("identities", "")
+    check_readonly(sql)
+
+
+def test_funnel_and_counts_group_by_person() -> None:
+    funnel, _ = funnel_sql(["a", "b"], 60)
+    assert "GROUP BY person" in funnel
+    assert "customer_key," not in funnel.split("per_person AS")[1]
+    counts, _ = touchpoint_counts_sql()
+    assert "uniqExact(person) AS customers" in counts
+    assert "uniqExact(customer_key)" not in counts
 
 
 def test_jsonable() -> None:
