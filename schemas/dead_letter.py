@@ -12,6 +12,12 @@ from schemas.values import UtcTimestamp
 
 RawEncoding = Literal["utf-8", "base64"]
 
+# A dead letter must itself fit in a Kafka record (1 MiB by default) even when the
+# refused payload was huge and JSON escaping inflates it up to six times; past this
+# many bytes only a prefix is kept. The whole original stays readable at its source
+# topic, partition and offset.
+MAX_RAW_BYTES = 128 * 1024
+
 
 class DeadLetterError(BaseModel):
     """Why the message was refused, and at which stage."""
@@ -32,6 +38,13 @@ class DeadLetter(BaseModel):
     error: DeadLetterError
     raw: str = Field(description="The original bytes: UTF-8 text, or base64 if not UTF-8.")
     raw_encoding: RawEncoding = Field(description="How `raw` holds the original bytes.")
+    raw_size: int | None = Field(
+        default=None, ge=0, description="Size of the original message in bytes."
+    )
+    raw_truncated: bool = Field(
+        default=False,
+        description="True when `raw` holds only the first bytes of an over-long message.",
+    )
     topic: str = Field(description="Topic the message was read from.")
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
@@ -57,6 +70,8 @@ class DeadLetter(BaseModel):
         """Record `raw` as refused by `error` at `stage`."""
         text: str
         encoding: RawEncoding
+        size = len(raw)
+        raw = bytes(raw[:MAX_RAW_BYTES])
         try:
             # Strict UTF-8 (no surrogates), so encoding the text gives back `raw` exactly.
             text, encoding = bytes(raw).decode("utf-8"), "utf-8"
@@ -68,6 +83,8 @@ class DeadLetter(BaseModel):
             ),
             raw=text,
             raw_encoding=encoding,
+            raw_size=size,
+            raw_truncated=size > MAX_RAW_BYTES,
             topic=topic,
             partition=partition,
             offset=offset,
@@ -75,7 +92,7 @@ class DeadLetter(BaseModel):
         )
 
     def raw_bytes(self) -> bytes:
-        """The original message bytes."""
+        """The original message bytes (their first MAX_RAW_BYTES if `raw_truncated`)."""
         if self.raw_encoding == "utf-8":
             return self.raw.encode("utf-8")
         try:

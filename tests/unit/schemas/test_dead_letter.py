@@ -79,3 +79,37 @@ def test_any_refused_bytes_come_back_exactly(raw: bytes) -> None:
             raw, error, topic="touchpoints.ingest", partition=0, offset=0, received_at=NOW
         )
         assert _through_json(record).raw_bytes() == raw
+
+
+def test_a_huge_payload_keeps_a_prefix_that_fits_a_kafka_record() -> None:
+    from datetime import UTC, datetime
+
+    from schemas.codec import InvalidTouchpointError
+    from schemas.dead_letter import MAX_RAW_BYTES, DeadLetter
+
+    raw = b'{"pad": "' + b"\x01" * (3 * 1024 * 1024) + b'"}'
+    error = InvalidTouchpointError("payload_too_large", "too large")
+    record = DeadLetter.from_error(
+        raw, error, topic="t", partition=0, offset=7, received_at=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    assert record.raw_truncated and record.raw_size == len(raw)
+    assert record.raw_bytes() == raw[:MAX_RAW_BYTES]
+    # even with every byte JSON-escaped, the record stays under Kafka's 1 MiB default
+    assert len(record.model_dump_json()) < 1024 * 1024
+
+
+def test_a_small_payload_is_kept_whole() -> None:
+    from datetime import UTC, datetime
+
+    from schemas.codec import InvalidTouchpointError
+    from schemas.dead_letter import DeadLetter
+
+    record = DeadLetter.from_error(
+        b"[1]",
+        InvalidTouchpointError("not_an_object", "x"),
+        topic="t",
+        partition=0,
+        offset=1,
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert (record.raw_truncated, record.raw_size, record.raw_bytes()) == (False, 3, b"[1]")
