@@ -437,8 +437,8 @@ def stitched_journeys(
         at = datetime.fromisoformat(r["occurred_at"])
         if since is not None and at < since:
             continue
-        anonymous_id = r.get("anonymous_id") or ""
-        person = r["customer_id"] or links.get(anonymous_id) or anonymous_id or r["customer_key"]
+        anon = r.get("anonymous_id") or ""
+        person = r.get("customer_id") or links.get(anon) or anon or r["customer_key"]
         journeys.setdefault(person, []).append((at, r["type"]))
     return journeys
 

@@ -150,6 +150,19 @@ async def test_each_kind_of_bad_input_reaches_the_dlq_with_its_reason(
     }
     assert by_reason == {r: sum(1 for x, _ in BAD_INPUT if x == r) for r, _ in BAD_INPUT}
 
+    # operators see them with `journey dlq`
+    cli = subprocess.run(
+        [sys.executable, "-m", "journey", "dlq", "--format", "json", "--limit", "100"],
+        env=_base_env() | settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    listed = orjson.loads(cli.stdout)
+    for reason, _ in BAD_INPUT:
+        assert listed["by_reason"][reason] >= sum(1 for x, _ in BAD_INPUT if x == reason)
+
 
 async def test_a_repeated_event_id_is_counted_not_stored_twice(
     settings: Settings, worker: WorkerProcess
