@@ -21,9 +21,10 @@ from projections.clickhouse.client import Warehouse, WarehouseError
 
 SCHEMA_MIGRATIONS = "schema_migrations"
 TOUCHPOINTS = "touchpoints"
-# Reserved for the coming read models, so nobody else claims these names:
-# JOURNEYS = "journeys", TRANSITIONS = "transitions", IDENTITIES = "identities",
-# FRICTION = "friction".
+JOURNEYS = "journeys"
+TRANSITIONS = "journey_transitions"
+IDENTITIES = "identities"
+# Reserved for a coming read model: FRICTION = "friction".
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,77 @@ TOUCHPOINT_INSERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("properties", "String"),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create touchpoints", (_TOUCHPOINTS_DDL,)),)
+# The journey read models, fed by the journey projection (streams/journeys.py). Each row
+# carries the projection's `version` of its key and an `is_deleted` flag:
+# ReplacingMergeTree(version, is_deleted) keeps the newest version and, under FINAL,
+# hides keys whose newest row is a deletion (a retracted transition, an anonymous
+# journey merged into a customer's). Replays write the same versions, so a replayed
+# table equals the live one.
+_JOURNEYS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {JOURNEYS}
+(
+    customer_key  String,
+    stage         LowCardinality(String),
+    first_seen    DateTime64(3, 'UTC'),
+    last_seen     DateTime64(3, 'UTC'),
+    touchpoints   UInt32,
+    by_type       Map(LowCardinality(String), UInt32),
+    by_channel    Map(LowCardinality(String), UInt32),
+    purchases     UInt32,
+    revenue       Float64,
+    refunds       Float64,
+    open_cases    Array(String),
+    last_csat     Nullable(Float64),
+    last_nps      Nullable(Float64),
+    anonymous_ids Array(String),
+    recent        String DEFAULT '[]' CODEC(ZSTD(3)),
+    version       UInt64,
+    is_deleted    UInt8 DEFAULT 0,
+    updated_at    DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version, is_deleted)
+ORDER BY customer_key
+"""
+
+_TRANSITIONS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {TRANSITIONS}
+(
+    transition_id String,
+    customer_key  String,
+    from_stage    LowCardinality(String),
+    to_stage      LowCardinality(String),
+    from_type     LowCardinality(String),
+    to_type       LowCardinality(String),
+    event_id      String,
+    occurred_at   DateTime64(3, 'UTC'),
+    version       UInt64,
+    is_deleted    UInt8 DEFAULT 0
+)
+ENGINE = ReplacingMergeTree(version, is_deleted)
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (customer_key, occurred_at, transition_id)
+"""
+
+# One row per anonymous id: the customer its earliest identify linked it to.
+_IDENTITIES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {IDENTITIES}
+(
+    anonymous_id String,
+    customer_id  String,
+    linked_at    DateTime64(3, 'UTC'),
+    event_id     String,
+    conflicts    UInt32,
+    version      UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY anonymous_id
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create touchpoints", (_TOUCHPOINTS_DDL,)),
+    Migration(2, "create journeys, transitions and identities",
+              (_JOURNEYS_DDL, _TRANSITIONS_DDL, _IDENTITIES_DDL)),
+)
 
 
 def _check_order(migrations: tuple[Migration, ...]) -> None:
