@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -30,7 +30,7 @@ class Engine:
     topics: Topics
     metrics: Metrics
     warehouse: Any = None
-    sink: ClickHouseSink | None = None
+    sinks: list[ClickHouseSink] = field(default_factory=list)
 
 
 def faust_broker(bootstrap: str) -> str:
@@ -39,8 +39,14 @@ def faust_broker(bootstrap: str) -> str:
 
 def create_engine(settings: Settings) -> Engine:
     from projections.clickhouse.client import connect
-    from projections.clickhouse.tables import migrate
-    from projections.clickhouse.writer import insert_touchpoints
+    from projections.clickhouse.tables import (
+        IDENTITIES,
+        JOURNEYS,
+        TOUCHPOINTS,
+        TRANSITIONS,
+        migrate,
+    )
+    from projections.clickhouse.writer import insert_records, insert_touchpoints
 
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -77,23 +83,36 @@ def create_engine(settings: Settings) -> Engine:
     tables = declare_tables(app, settings)
     install_validator(app, settings, engine.metrics, ingest, store, dlq, tables.seen_events)
 
+    def sink_for(topic: str, table: str) -> ClickHouseSink:
+        def insert(rows: Any) -> int:
+            if table == TOUCHPOINTS:
+                return insert_touchpoints(engine.warehouse, rows)
+            return insert_records(engine.warehouse, table, rows)
+
+        return ClickHouseSink(
+            settings.bootstrap, topic, f"{settings.app_id}-sink-{table}", insert,
+            engine.metrics, batch_size=settings.sink_batch_size,
+            batch_seconds=settings.sink_batch_seconds, table=table,
+        )
+
     @app.task  # type: ignore[untyped-decorator]
-    async def start_sink() -> None:
+    async def start_sinks() -> None:
         engine.warehouse = await asyncio.to_thread(connect, settings.warehouse_dsn)
         await asyncio.to_thread(migrate, engine.warehouse)
         if not settings.sink_enabled:
             return
-        engine.sink = ClickHouseSink(
-            settings.bootstrap, spec.touchpoints.name, f"{settings.app_id}-clickhouse-sink",
-            lambda rows: insert_touchpoints(engine.warehouse, rows), engine.metrics,
-            batch_size=settings.sink_batch_size, batch_seconds=settings.sink_batch_seconds,
-        )
-        await engine.sink.run()
+        engine.sinks = [
+            sink_for(spec.touchpoints.name, TOUCHPOINTS),
+            sink_for(spec.journey_states.name, JOURNEYS),
+            sink_for(spec.journey_transitions.name, TRANSITIONS),
+            sink_for(spec.identity_links.name, IDENTITIES),
+        ]
+        await asyncio.gather(*(sink.run() for sink in engine.sinks))
 
     @app.on_before_shutdown.connect
-    async def stop_sink(*_: Any, **__: Any) -> None:
-        if engine.sink is not None:
-            engine.sink.stop()
+    async def stop_sinks(*_: Any, **__: Any) -> None:
+        for sink in engine.sinks:
+            sink.stop()
 
     install_web(app, engine)
     return engine

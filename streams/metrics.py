@@ -17,7 +17,9 @@ class Metrics:
     valid: int = 0
     invalid: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
-    written: int = 0
+    written: int = 0  # touchpoint rows
+    written_by_table: Counter[str] = field(default_factory=Counter)
+    journey: Counter[str] = field(default_factory=Counter)
     sink_batches: int = 0
     sink_failures: int = 0
     send_failures: int = 0
@@ -32,6 +34,8 @@ class Metrics:
             "invalid_by_reason": {str(k): v for k, v in sorted(self.invalid.items())},
             "duplicates": self.duplicates,
             "written": self.written,
+            "written_by_table": dict(sorted(self.written_by_table.items())),
+            "journey": dict(sorted(self.journey.items())),
             "sink_batches": self.sink_batches,
             "sink_failures": self.sink_failures,
             "send_failures": self.send_failures,

@@ -1,6 +1,6 @@
 """The ClickHouse sink: touchpoints -> ClickHouse, offsets committed only after the insert.
 
-It runs on its own aiokafka consumer (group `<app id>-clickhouse-sink`) rather than
+Each sink runs its own aiokafka consumer (group `<app id>-sink-<table>`) rather than
 a Faust stream: Faust's take_events() acks a batch even when the body fails or is
 cancelled, which would commit offsets of rows that never reached ClickHouse.
 """
@@ -27,7 +27,8 @@ class ClickHouseSink:
 
     def __init__(self, bootstrap: str, topic: str, group_id: str, insert: InsertFn,
                  metrics: Metrics, *, batch_size: int, batch_seconds: float,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, table: str = "touchpoints") -> None:
+        self.table = table
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
@@ -53,7 +54,9 @@ class ClickHouseSink:
                 if rows and not await self._insert_until_done(rows):
                     return  # stopping: leave the offsets uncommitted, the rows come again
                 await consumer.commit(offsets)
-                self.metrics.written += len(rows)
+                self.metrics.written_by_table[self.table] += len(rows)
+                if self.table == "touchpoints":
+                    self.metrics.written += len(rows)
         finally:
             await consumer.stop()
 

@@ -31,9 +31,15 @@ class Topics:
     touchpoints: TopicSpec
     dlq: TopicSpec
     friction: TopicSpec
+    # internal to the engine, named after the app id so a replay starts them afresh
+    journey_inbox: TopicSpec
+    journey_states: TopicSpec
+    journey_transitions: TopicSpec
+    identity_links: TopicSpec
 
     def all(self) -> tuple[TopicSpec, ...]:
-        return (self.ingest, self.touchpoints, self.dlq, self.friction)
+        return (self.ingest, self.touchpoints, self.dlq, self.friction, self.journey_inbox,
+                self.journey_states, self.journey_transitions, self.identity_links)
 
 
 def topics(settings: Settings) -> Topics:
@@ -53,5 +59,21 @@ def topics(settings: Settings) -> Topics:
         ),
         friction=TopicSpec(
             settings.topic_friction, "customer key", "friction event JSON", n, dict(_FOREVER)
+        ),
+        journey_inbox=TopicSpec(
+            f"{settings.app_id}.journey-inbox", "person key",
+            "journey command JSON: touch, link or merge", n, dict(_FOUR_WEEKS),
+        ),
+        journey_states=TopicSpec(
+            f"{settings.app_id}.journey-states", "customer key", "journeys row JSON", n,
+            dict(_FOUR_WEEKS),
+        ),
+        journey_transitions=TopicSpec(
+            f"{settings.app_id}.journey-transitions", "customer key",
+            "journey_transitions row JSON", n, dict(_FOUR_WEEKS),
+        ),
+        identity_links=TopicSpec(
+            f"{settings.app_id}.identity-links", "anonymous id", "identities row JSON", n,
+            dict(_FOUR_WEEKS),
         ),
     )

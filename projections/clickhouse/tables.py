@@ -193,6 +193,49 @@ ENGINE = ReplacingMergeTree(version)
 ORDER BY anonymous_id
 """
 
+# The columns the journey projection writes per table (defaults fill the rest).
+READ_MODEL_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    JOURNEYS: (
+        ("customer_key", "String"),
+        ("stage", "LowCardinality(String)"),
+        ("first_seen", "DateTime64(3, 'UTC')"),
+        ("last_seen", "DateTime64(3, 'UTC')"),
+        ("touchpoints", "UInt32"),
+        ("by_type", "Map(LowCardinality(String), UInt32)"),
+        ("by_channel", "Map(LowCardinality(String), UInt32)"),
+        ("purchases", "UInt32"),
+        ("revenue", "Float64"),
+        ("refunds", "Float64"),
+        ("open_cases", "Array(String)"),
+        ("last_csat", "Nullable(Float64)"),
+        ("last_nps", "Nullable(Float64)"),
+        ("anonymous_ids", "Array(String)"),
+        ("recent", "String"),
+        ("version", "UInt64"),
+        ("is_deleted", "UInt8"),
+    ),
+    TRANSITIONS: (
+        ("transition_id", "String"),
+        ("customer_key", "String"),
+        ("from_stage", "LowCardinality(String)"),
+        ("to_stage", "LowCardinality(String)"),
+        ("from_type", "LowCardinality(String)"),
+        ("to_type", "LowCardinality(String)"),
+        ("event_id", "String"),
+        ("occurred_at", "DateTime64(3, 'UTC')"),
+        ("version", "UInt64"),
+        ("is_deleted", "UInt8"),
+    ),
+    IDENTITIES: (
+        ("anonymous_id", "String"),
+        ("customer_id", "String"),
+        ("linked_at", "DateTime64(3, 'UTC')"),
+        ("event_id", "String"),
+        ("conflicts", "UInt32"),
+        ("version", "UInt64"),
+    ),
+}
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create touchpoints", (_TOUCHPOINTS_DDL,)),
     Migration(2, "create journeys, transitions and identities",

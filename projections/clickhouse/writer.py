@@ -12,7 +12,11 @@ from typing import Any
 import orjson
 
 from projections.clickhouse.client import Warehouse
-from projections.clickhouse.tables import TOUCHPOINT_INSERT_COLUMNS, TOUCHPOINTS
+from projections.clickhouse.tables import (
+    READ_MODEL_COLUMNS,
+    TOUCHPOINT_INSERT_COLUMNS,
+    TOUCHPOINTS,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -189,4 +193,30 @@ def insert_touchpoints(
         _COLUMN_NAMES,
         column_types=_COLUMN_TYPES,
         settings=settings,
+    )
+
+
+def _column_value(type_: str, value: Any) -> Any:
+    if type_.startswith("DateTime64"):
+        return _epoch_millis(value)
+    if type_.startswith("Nullable(") or value is not None:
+        return value
+    # an absent value of a non-nullable column: that type's zero
+    if type_.startswith(("Map(",)):
+        return {}
+    if type_.startswith("Array("):
+        return []
+    if "String" in type_:
+        return ""
+    return 0
+
+
+def insert_records(warehouse: Warehouse, table: str, records: Sequence[Mapping[str, Any]]) -> int:
+    """Write read-model rows (JSON-shaped dicts named like READ_MODEL_COLUMNS) as one insert."""
+    if not records:
+        return 0
+    spec = READ_MODEL_COLUMNS[table]
+    columns = [[_column_value(t, r.get(name)) for r in records] for name, t in spec]
+    return warehouse.insert(
+        table, columns, [n for n, _ in spec], column_types=[t for _, t in spec]
     )
