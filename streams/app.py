@@ -10,6 +10,7 @@ from typing import Any
 import faust
 
 from journey.settings import Settings
+from streams.journeys import install_journeys
 from streams.kafka import create_topics
 from streams.metrics import Metrics
 from streams.sink import ClickHouseSink
@@ -82,6 +83,7 @@ def create_engine(settings: Settings) -> Engine:
     ingest, store, dlq = declare(spec.ingest), declare(spec.touchpoints), declare(spec.dlq)
     tables = declare_tables(app, settings)
     install_validator(app, settings, engine.metrics, ingest, store, dlq, tables.seen_events)
+    install_journeys(app, settings, spec, engine.metrics, tables.journeys, tables.identity_links)
 
     def sink_for(topic: str, table: str) -> ClickHouseSink:
         def insert(rows: Any) -> int:
