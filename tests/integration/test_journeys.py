@@ -1,0 +1,188 @@
+"""The journey projection on a real broker and worker: identity merges, late events, tables."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from journey.cli.sql import run_query
+from journey.sdk import TouchpointProducer
+from journey.settings import Settings
+from journey.worker import WorkerProcess
+from tests.integration.helpers import touchpoint, wait_for
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+
+
+def at(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def rows(settings: Settings, sql: str, **params: Any) -> list[list[Any]]:
+    return [list(r) for r in run_query(settings, sql, params)[1]]
+
+
+def journey_of(settings: Settings, key: str) -> list[list[Any]]:
+    return rows(
+        settings,
+        "SELECT stage, touchpoints, purchases, anonymous_ids, by_channel "
+        "FROM journeys FINAL WHERE customer_key = {k:String}",
+        k=key,
+    )
+
+
+def transitions_of(settings: Settings, key: str) -> list[tuple[str, str, str]]:
+    found = rows(
+        settings,
+        "SELECT from_stage, to_stage, to_type FROM journey_transitions FINAL "
+        "WHERE customer_key = {k:String} ORDER BY occurred_at",
+        k=key,
+    )
+    return [(r[0], r[1], r[2]) for r in found]
+
+
+async def test_an_anonymous_journey_becomes_the_customers_after_identify(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    anon, customer = f"cookie-{run}", f"cust-{run}"
+    async with TouchpointProducer(settings) as producer:
+        await producer.send_many(
+            [
+                touchpoint(
+                    "ad_impression",
+                    anonymous_id=anon,
+                    channel="advertising",
+                    properties={"campaign": "spring"},
+                    occurred_at=at(0),
+                ),
+                touchpoint(
+                    "site_visit", anonymous_id=anon, properties={"url": "/"}, occurred_at=at(5)
+                ),
+                touchpoint(
+                    "add_to_cart",
+                    anonymous_id=anon,
+                    properties={"product_id": "p1", "quantity": 1},
+                    occurred_at=at(6),
+                ),
+            ]
+        )
+        await producer.flush()
+        await producer.send_many(
+            [
+                touchpoint(
+                    "identify",
+                    customer_id=customer,
+                    anonymous_id=anon,
+                    occurred_at=at(7),
+                    properties={},
+                ),
+                touchpoint(
+                    "purchase",
+                    customer_id=customer,
+                    occurred_at=at(9),
+                    properties={"order_id": "o1", "revenue": 80.0, "currency": "EUR"},
+                ),
+            ]
+        )
+        await producer.flush()
+        # after the link: an anonymous event of the same visitor is the customer's
+        await producer.send(
+            touchpoint(
+                "page_view", anonymous_id=anon, occurred_at=at(30), properties={"url": "/orders"}
+            )
+        )
+
+    def merged() -> bool:
+        found = journey_of(settings, customer)
+        return bool(found) and found[0][1] == 6
+
+    await wait_for(merged, 90, "the merged journey")
+    stage, count, purchases, anonymous_ids, by_channel = journey_of(settings, customer)[0]
+    assert (stage, count, purchases) == ("retention", 6, 1)
+    assert anonymous_ids == [anon]
+    assert by_channel == {"advertising": 1, "web": 5}
+    assert journey_of(settings, anon) == []  # folded into the customer's, not kept twice
+    assert transitions_of(settings, customer) == [
+        ("", "awareness", "ad_impression"),
+        ("awareness", "consideration", "site_visit"),
+        ("consideration", "purchase", "purchase"),
+        ("purchase", "retention", "page_view"),
+    ]
+    assert transitions_of(settings, anon) == []
+    assert rows(
+        settings, "SELECT customer_id FROM identities FINAL WHERE anonymous_id = {a:String}", a=anon
+    ) == [[customer]]
+
+
+async def test_a_late_event_takes_its_place_in_event_time(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    customer = f"late-{uuid.uuid4().hex[:8]}"
+    async with TouchpointProducer(settings) as producer:
+        await producer.send(
+            touchpoint(
+                "purchase",
+                customer_id=customer,
+                occurred_at=at(60),
+                properties={"order_id": "o2", "revenue": 10.0, "currency": "EUR"},
+            )
+        )
+        await producer.flush()
+
+        def first_seen() -> bool:
+            return transitions_of(settings, customer) == [("", "purchase", "purchase")]
+
+        await wait_for(first_seen, 90, "the purchase transition")
+        # the visit happened before the purchase but arrives after it
+        await producer.send(
+            touchpoint(
+                "site_visit", customer_id=customer, occurred_at=at(50), properties={"url": "/"}
+            )
+        )
+
+    expected = [("", "consideration", "site_visit"), ("consideration", "purchase", "purchase")]
+    await wait_for(
+        lambda: transitions_of(settings, customer) == expected,
+        90,
+        "the late visit to be placed before the purchase",
+    )
+    assert journey_of(settings, customer)[0][:3] == ["purchase", 2, 1]
+
+
+async def test_a_conflicting_claim_keeps_the_first_link(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    anon, first, second = f"shared-device-{run}", f"first-{run}", f"second-{run}"
+    async with TouchpointProducer(settings) as producer:
+        await producer.send(
+            touchpoint(
+                "identify", customer_id=first, anonymous_id=anon, occurred_at=at(100), properties={}
+            )
+        )
+        await producer.flush()
+        await producer.send(
+            touchpoint(
+                "identify",
+                customer_id=second,
+                anonymous_id=anon,
+                occurred_at=at(200),
+                properties={},
+            )
+        )
+
+    def conflict_counted() -> bool:
+        found = rows(
+            settings,
+            "SELECT customer_id, conflicts FROM identities FINAL WHERE anonymous_id = {a:String}",
+            a=anon,
+        )
+        return found == [[first, 1]]
+
+    await wait_for(conflict_counted, 90, "the conflicting claim to be counted")
