@@ -31,6 +31,7 @@ from projections.clickhouse.analysis import (
     customer_timeline_sql,
     paths_sql,
     retention_sql,
+    stage_map_sql,
     touchpoint_flows_sql,
 )
 from projections.clickhouse.queries import Params
@@ -283,7 +284,7 @@ def sankey(flows: Sequence[Mapping[str, Any]], conversion: str) -> dict[str, Any
 
 
 def _print_flows(flows: list[dict[str, Any]], conversion: str) -> None:
-    table = Table(title=f"touchpoint flows (converted: has {conversion})", header_style="bold")
+    table = Table(title=f"flows (converted: has {conversion})", header_style="bold")
     table.add_column("from")
     table.add_column("to")
     table.add_column("transitions", justify="right")
@@ -305,6 +306,41 @@ def _print_flows(flows: list[dict[str, Any]], conversion: str) -> None:
     console.print(table)
     if not flows:
         console.print("[dim]no person has two touchpoints in a row[/dim]")
+
+
+@app.command("map")
+def map_command(
+    level: Annotated[
+        str, typer.Option(metavar="stage|touchpoint", help="journey stages or touchpoint types")
+    ] = "stage",
+    conversion: Annotated[
+        str, typer.Option(metavar="TYPE", help="touchpoint level: what makes a person converted")
+    ] = DEFAULT_CONVERSION,
+    since: Since = None,
+    until: Until = None,
+    output: Format = OutputFormat.table,
+    show_sql: ShowSql = False,
+) -> None:
+    """The journey map: stage-to-stage (or touchpoint-to-touchpoint) flows, converted vs not."""
+    if level not in ("stage", "touchpoint"):
+        raise typer.BadParameter("use stage or touchpoint", param_hint="--level")
+    _check_range(since, until)
+    if level == "touchpoint":
+        conversion = touchpoint_type("--conversion", conversion)
+        sql, params = _build(touchpoint_flows_sql, conversion=conversion, since=since,
+                             until=until)
+        label = conversion
+    else:
+        sql, params = _build(stage_map_sql, since=since, until=until)
+        label = "a purchase"
+    columns, rows = _run(Settings(), sql, params, show_sql)
+    flows = _records(columns, rows)
+    if output is OutputFormat.json:
+        _echo_json(sankey(flows, label))
+    elif output is OutputFormat.csv:
+        _write_csv(columns, rows)
+    else:
+        _print_flows(flows, label)
 
 
 # ---- retention -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from projections.clickhouse.queries import (
     _time_range,
     _where,
 )
-from projections.clickhouse.tables import TOUCHPOINTS
+from projections.clickhouse.tables import JOURNEYS, TOUCHPOINTS, TRANSITIONS
 
 DEFAULT_CONVERSION = "purchase"
 # Longer paths rarely repeat across people, and every extra step multiplies the groups.
@@ -432,5 +432,37 @@ SELECT
     (SELECT ids FROM linked) AS anonymous_ids,
     arrayFilter(a -> NOT has((SELECT ids FROM linked), a), (SELECT ids FROM claimed))
         AS ignored_claims
+"""
+    return sql, params
+
+
+def stage_map_sql(
+    *, since: datetime | None = None, until: datetime | None = None
+) -> tuple[str, Params]:
+    """Stage-to-stage flows of the journey map, split by customers who have bought.
+
+    Strategy: the stream-fed `journey_transitions` table already holds each customer's
+    stage changes in event time (retracted ones hidden by FINAL); a journey's first
+    stage comes from '' (the start). Converted = the customer's journey in `journeys`
+    counts a purchase. Rows have the columns of `touchpoint_flows_sql`: source, target,
+    transitions, people, converted_transitions, converted_people.
+    """
+    params: Params = {}
+    clauses = _time_range(since, until, params)
+    sql = f"""
+WITH buyers AS (
+    SELECT customer_key FROM {_deduplicated(JOURNEYS)} WHERE purchases > 0
+)
+SELECT
+    if(from_stage = '', 'start', from_stage) AS source,
+    to_stage AS target,
+    count() AS transitions,
+    uniqExact(customer_key) AS people,
+    countIf(customer_key IN buyers) AS converted_transitions,
+    uniqExactIf(customer_key, customer_key IN buyers) AS converted_people
+FROM {_deduplicated(TRANSITIONS)}
+{_where(clauses)}
+GROUP BY source, target
+ORDER BY transitions DESC, source, target
 """
     return sql, params

@@ -186,3 +186,19 @@ async def test_a_conflicting_claim_keeps_the_first_link(
         return found == [[first, 1]]
 
     await wait_for(conflict_counted, 90, "the conflicting claim to be counted")
+
+
+def test_the_stage_map_counts_the_merged_journey(settings: Settings, worker: WorkerProcess) -> None:
+    # Runs after the merge test: its customer's transitions lie in [at(0), at(40)).
+    from projections.clickhouse.analysis import stage_map_sql
+
+    sql, params = stage_map_sql(since=at(0), until=at(40))
+    columns, found = run_query(settings, sql, params)
+    flows = {(r[0], r[1]): r[2:] for r in found}
+    assert columns[:3] == ["source", "target", "transitions"]
+    assert flows == {
+        ("start", "awareness"): [1, 1, 1, 1],
+        ("awareness", "consideration"): [1, 1, 1, 1],
+        ("consideration", "purchase"): [1, 1, 1, 1],
+        ("purchase", "retention"): [1, 1, 1, 1],
+    }
