@@ -20,7 +20,20 @@ def _json(view: View, value: Any, status: int = 200) -> Response:
 
 
 def install_web(app: faust.App, engine: Engine) -> None:
+    from projections.clickhouse.api import AnalysisRequestError, analysis_sql
     from projections.clickhouse.queries import QueryRejectedError, jsonable_rows, run_readonly
+
+    async def answer(view: View, sql: str, params: dict[str, Any]) -> Response:
+        if engine.warehouse is None:
+            return _json(view, {"error": "the warehouse is still opening; retry"}, 503)
+        try:
+            result = await asyncio.to_thread(run_readonly, engine.warehouse, sql, params)
+        except QueryRejectedError as exc:
+            return _json(view, {"error": str(exc)}, 400)
+        except Exception as exc:  # ClickHouse errors are the caller's to read
+            return _json(view, {"error": f"{type(exc).__name__}: {exc}"}, 400)
+        return _json(view, {"columns": list(result.columns), "types": list(result.types),
+                            "rows": jsonable_rows(result)})
 
     @app.page("/health")
     class Health(View):
@@ -42,8 +55,6 @@ def install_web(app: faust.App, engine: Engine) -> None:
     @app.page("/query")
     class Query(View):
         async def post(self, request: Request) -> Response:
-            if engine.warehouse is None:
-                return _json(self, {"error": "the warehouse is still opening; retry"}, 503)
             try:
                 body = orjson.loads(await self.read_request_content(request))
                 sql = body["sql"]
@@ -52,11 +63,16 @@ def install_web(app: faust.App, engine: Engine) -> None:
                     raise TypeError("sql must be a string and parameters an object")
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 return _json(self, {"error": f"bad request: {exc}"}, 400)
+            return await answer(self, sql, params)
+
+    @app.page("/analysis/{name}")
+    class Analysis(View):
+        """GET /analysis/paths?end_at=purchase&top=10, /analysis/map, /analysis/retention,
+        /analysis/flows, /analysis/customer?customer=ID: the CLI's analyses as JSON."""
+
+        async def get(self, request: Request, name: str) -> Response:
             try:
-                result = await asyncio.to_thread(run_readonly, engine.warehouse, sql, params)
-            except QueryRejectedError as exc:
+                sql, params = analysis_sql(name, dict(request.query))
+            except AnalysisRequestError as exc:
                 return _json(self, {"error": str(exc)}, 400)
-            except Exception as exc:  # ClickHouse errors are the caller's to read
-                return _json(self, {"error": f"{type(exc).__name__}: {exc}"}, 400)
-            return _json(self, {"columns": list(result.columns), "types": list(result.types),
-                                "rows": jsonable_rows(result)})
+            return await answer(self, sql, params)

@@ -202,3 +202,32 @@ def test_the_stage_map_counts_the_merged_journey(settings: Settings, worker: Wor
         ("consideration", "purchase"): [1, 1, 1, 1],
         ("purchase", "retention"): [1, 1, 1, 1],
     }
+
+
+def test_the_http_api_serves_the_analyses(settings: Settings, worker: WorkerProcess) -> None:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import orjson
+
+    def get(path: str, **query: str) -> tuple[int, Any]:
+        url = f"{settings.worker_url}{path}?{urllib.parse.urlencode(query)}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                return answer.status, orjson.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read())
+
+    status, body = get("/analysis/map", since=at(0).isoformat(), until=at(40).isoformat())
+    assert status == 200
+    assert sorted((r[0], r[1], r[2]) for r in body["rows"]) == sorted([
+        ("start", "awareness", 1), ("awareness", "consideration", 1),
+        ("consideration", "purchase", 1), ("purchase", "retention", 1),
+    ])  # fmt: skip
+    status, body = get("/analysis/paths", end_at="purchase", top="5")
+    assert status == 200 and body["columns"][:2] == ["path", "path_text"]
+    status, body = get("/analysis/nope")
+    assert status == 400 and "no analysis 'nope'" in body["error"]
+    status, body = get("/analysis/paths", top="many")
+    assert status == 400 and "paths" in body["error"]

@@ -1,0 +1,74 @@
+"""The analysis builders by name, with their options parsed from text (for the HTTP API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from projections.clickhouse.analysis import (
+    Period,
+    customer_timeline_sql,
+    paths_sql,
+    retention_sql,
+    stage_map_sql,
+    touchpoint_flows_sql,
+)
+from projections.clickhouse.queries import Params
+
+
+class AnalysisRequestError(ValueError):
+    """An analysis name or option that cannot be served; the message says which."""
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
+
+
+def _list(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+Parser = Callable[[str], Any]
+_RANGE: dict[str, Parser] = {"since": _moment, "until": _moment}
+
+ANALYSES: dict[str, tuple[Callable[..., tuple[str, Params]], dict[str, Parser]]] = {
+    "paths": (paths_sql, {"start_at": str, "end_at": str, "top": int, "max_length": int,
+                          "collapse_repeats": _flag, "exclude": _list, **_RANGE}),
+    "flows": (touchpoint_flows_sql, {"conversion": str, "top": int, "collapse_repeats": _flag,
+                                     "exclude": _list, **_RANGE}),
+    "map": (stage_map_sql, dict(_RANGE)),
+    "retention": (retention_sql, {"cohort_event": str, "return_event": str, "period": Period,
+                                  "periods": int, **_RANGE}),
+    "customer": (customer_timeline_sql, {"customer": str, "limit": int}),
+}
+
+
+def analysis_sql(name: str, options: Mapping[str, str]) -> tuple[str, Params]:
+    """The SQL and parameters of analysis `name`, options given as text (query strings)."""
+    if name not in ANALYSES:
+        raise AnalysisRequestError(f"no analysis {name!r}; there are {', '.join(ANALYSES)}")
+    builder, parsers = ANALYSES[name]
+    unknown = sorted(set(options) - set(parsers))
+    if unknown:
+        raise AnalysisRequestError(
+            f"{name} takes no option {', '.join(unknown)}; it takes {', '.join(parsers)}")
+    try:
+        kwargs = {key: parsers[key](value) for key, value in options.items()}
+        if name == "customer":
+            customer = kwargs.pop("customer", None)
+            if not customer:
+                raise ValueError("customer needs ?customer=ID")
+            return builder(customer, **kwargs)
+        return builder(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise AnalysisRequestError(f"{name}: {exc}") from exc
