@@ -20,7 +20,8 @@ def _json(view: View, value: Any, status: int = 200) -> Response:
 
 
 def install_web(app: faust.App, engine: Engine) -> None:
-    from projections.clickhouse.api import AnalysisRequestError, analysis_sql
+    from projections.clickhouse.api import AnalysisRequestError, analysis_sql, funnel_request
+    from projections.clickhouse.funnels import funnel_query, funnel_rows, shape_funnel
     from projections.clickhouse.queries import QueryRejectedError, jsonable_rows, run_readonly
 
     async def answer(view: View, sql: str, params: dict[str, Any]) -> Response:
@@ -64,6 +65,29 @@ def install_web(app: faust.App, engine: Engine) -> None:
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 return _json(self, {"error": f"bad request: {exc}"}, 400)
             return await answer(self, sql, params)
+
+    @app.page("/analysis/funnel")
+    class Funnel(View):
+        """GET /analysis/funnel?step=site_visit&step=purchase[revenue>50]&window=7d
+        &breakdown=channel&order=strict&exclude=refund@1-2: per step people,
+        conversions and times to convert, per breakdown value."""
+
+        async def get(self, request: Request) -> Response:
+            query: Any = request.query  # aiohttp's MultiDict: step and exclude repeat
+            try:
+                spec = funnel_request(dict(query), query.getall("step", []),
+                                      query.getall("exclude", []))
+            except AnalysisRequestError as exc:
+                return _json(self, {"error": str(exc)}, 400)
+            if engine.warehouse is None:
+                return _json(self, {"error": "the warehouse is still opening; retry"}, 503)
+            sql, params = funnel_query(spec)
+            try:
+                result = await asyncio.to_thread(run_readonly, engine.warehouse, sql, params)
+            except Exception as exc:  # ClickHouse errors are the caller's to read
+                return _json(self, {"error": f"{type(exc).__name__}: {exc}"}, 400)
+            columns, rows = funnel_rows(spec, shape_funnel(spec, result.rows))
+            return _json(self, {"columns": columns, "rows": rows})
 
     @app.page("/analysis/{name}")
     class Analysis(View):

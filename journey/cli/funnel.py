@@ -18,7 +18,6 @@ from journey.settings import Settings
 from projections.clickhouse.funnels import (
     DEFAULT_DROPPED_LIMIT,
     DEFAULT_WINDOW,
-    RESULT_FIELDS,
     Attribution,
     FunnelGroup,
     FunnelOrder,
@@ -26,9 +25,9 @@ from projections.clickhouse.funnels import (
     FunnelSpecError,
     dropped_query,
     funnel_query,
+    funnel_rows,
     parse_funnel,
     shape_funnel,
-    step_values,
 )
 from projections.clickhouse.queries import Params
 
@@ -86,25 +85,6 @@ def _duration(seconds: float | None) -> str:
 
 def _percent(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio * 100:.1f}%"
-
-
-def funnel_rows(
-    spec: FunnelSpec, groups: Sequence[FunnelGroup]
-) -> tuple[list[str], list[list[Any]]]:
-    """Flat columns and rows of a funnel result, raw numbers (JSON and CSV output)."""
-    columns = ["step", "label", *RESULT_FIELDS]
-    if spec.breakdown is not None:
-        columns.insert(0, "breakdown")
-    rows: list[list[Any]] = []
-    for group in groups:
-        if spec.breakdown is None and group.breakdown is not None:
-            continue
-        for result in group.steps:
-            row: list[Any] = [result.step, result.label, *step_values(result)]
-            if spec.breakdown is not None:
-                row.insert(0, group.breakdown)
-            rows.append(row)
-    return columns, rows
 
 
 def _table_rows(

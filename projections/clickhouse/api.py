@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +14,29 @@ from projections.clickhouse.analysis import (
     stage_map_sql,
     touchpoint_flows_sql,
 )
+from projections.clickhouse.funnels import FunnelSpec, FunnelSpecError, parse_funnel
 from projections.clickhouse.queries import Params
+
+
+def funnel_request(query: Mapping[str, str], steps: Sequence[str],
+                   exclude: Sequence[str]) -> FunnelSpec:
+    """A funnel from query-string options: `step` and `exclude` may repeat."""
+    allowed = {"step", "exclude", "order", "window", "breakdown", "attribution", "since", "until"}
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise AnalysisRequestError(f"funnel takes no option {', '.join(unknown)}; it takes "
+                                   f"{', '.join(sorted(allowed))}")
+    if not steps:
+        raise AnalysisRequestError("funnel needs ?step=TYPE&step=TYPE...")
+    try:
+        options: dict[str, Any] = {k: query[k] for k in ("order", "window", "breakdown",
+                                                          "attribution") if k in query}
+        for key in ("since", "until"):
+            if key in query:
+                options[key] = _moment(query[key])
+        return parse_funnel(list(steps), exclude=list(exclude), **options)
+    except (FunnelSpecError, ValueError) as exc:
+        raise AnalysisRequestError(f"funnel: {exc}") from exc
 
 
 class AnalysisRequestError(ValueError):

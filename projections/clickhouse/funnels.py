@@ -1019,3 +1019,22 @@ RESULT_FIELDS: tuple[str, ...] = (
 def step_values(result: FunnelStepResult) -> list[Any]:
     """The numbers of a step in RESULT_FIELDS order."""
     return [getattr(result, name) for name in RESULT_FIELDS]
+
+
+def funnel_rows(
+    spec: FunnelSpec, groups: Sequence[FunnelGroup]
+) -> tuple[list[str], list[list[Any]]]:
+    """Flat columns and rows of a funnel result, raw numbers (JSON and CSV output)."""
+    columns = ["step", "label", *RESULT_FIELDS]
+    if spec.breakdown is not None:
+        columns.insert(0, "breakdown")
+    rows: list[list[Any]] = []
+    for group in groups:
+        if spec.breakdown is None and group.breakdown is not None:
+            continue
+        for result in group.steps:
+            row: list[Any] = [result.step, result.label, *step_values(result)]
+            if spec.breakdown is not None:
+                row.insert(0, group.breakdown)
+            rows.append(row)
+    return columns, rows

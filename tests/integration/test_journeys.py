@@ -231,3 +231,33 @@ def test_the_http_api_serves_the_analyses(settings: Settings, worker: WorkerProc
     assert status == 400 and "no analysis 'nope'" in body["error"]
     status, body = get("/analysis/paths", top="many")
     assert status == 400 and "paths" in body["error"]
+
+
+def test_the_http_api_serves_a_funnel(settings: Settings, worker: WorkerProcess) -> None:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import orjson
+
+    query = urllib.parse.urlencode(
+        [
+            ("step", "ad_impression"),
+            ("step", "site_visit"),
+            ("step", "purchase[revenue>50]"),
+            ("since", at(0).isoformat()),
+            ("until", at(40).isoformat()),
+            ("window", "1d"),
+        ]
+    )
+    with urllib.request.urlopen(f"{settings.worker_url}/analysis/funnel?{query}", timeout=30) as r:
+        body = orjson.loads(r.read())
+    people = [row[body["columns"].index("people")] for row in body["rows"]]
+    assert people == [1, 1, 1]  # the anonymous ad and visit, then the identified purchase
+    try:
+        urllib.request.urlopen(f"{settings.worker_url}/analysis/funnel?step=purchse", timeout=30)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 400
+        assert "purchse" in orjson.loads(exc.read())["error"]
+    else:
+        raise AssertionError("an unknown step type must be refused")
