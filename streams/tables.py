@@ -13,8 +13,6 @@ from journey.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    # event id (bytes) -> [first seen (epoch s), ingest partition]: the validator's dedup window
-    seen_events: Any
     # person key (bytes) -> JourneyState.to_dict(): customer id or unlinked anonymous id
     journeys: Any
     # anonymous id (bytes) -> IdentityLinks.to_dict()
@@ -23,15 +21,9 @@ class Tables:
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
     return Tables(
-        seen_events=app.Table(
-            "seen-events",
-            default=None,
-            partitions=settings.topic_partitions,
-            key_type=bytes,  # the app's raw key codec: bytes in, bytes back on recovery
-            help="event ids seen by the validator within the dedup window",
-        ),
         journeys=app.Table(
-            "journeys", default=None, partitions=settings.topic_partitions, key_type=bytes,
+            "journeys", default=None, partitions=settings.topic_partitions,
+            key_type=bytes,  # the app's raw key codec: bytes in, bytes back on recovery
             help="each customer's (or unlinked visitor's) journey state",
         ),
         identity_links=app.Table(

@@ -36,10 +36,13 @@ class Topics:
     journey_states: TopicSpec
     journey_transitions: TopicSpec
     identity_links: TopicSpec
+    # the validator's dedup window: partition p holds what ingest partition p has seen
+    dedup_window: TopicSpec
 
     def all(self) -> tuple[TopicSpec, ...]:
         return (self.ingest, self.touchpoints, self.dlq, self.friction, self.journey_inbox,
-                self.journey_states, self.journey_transitions, self.identity_links)
+                self.journey_states, self.journey_transitions, self.identity_links,
+                self.dedup_window)
 
 
 def topics(settings: Settings) -> Topics:
@@ -61,19 +64,27 @@ def topics(settings: Settings) -> Topics:
             settings.topic_friction, "customer key", "friction event JSON", n, dict(_FOREVER)
         ),
         journey_inbox=TopicSpec(
-            f"{settings.app_id}.journey-inbox", "person key",
+            f"{settings.projection_id}.journey-inbox", "person key",
             "journey command JSON: touch, link or merge", n, dict(_FOUR_WEEKS),
         ),
         journey_states=TopicSpec(
-            f"{settings.app_id}.journey-states", "customer key", "journeys row JSON", n,
+            f"{settings.projection_id}.journey-states", "customer key", "journeys row JSON", n,
             dict(_FOUR_WEEKS),
         ),
         journey_transitions=TopicSpec(
-            f"{settings.app_id}.journey-transitions", "customer key",
+            f"{settings.projection_id}.journey-transitions", "customer key",
             "journey_transitions row JSON", n, dict(_FOUR_WEEKS),
         ),
         identity_links=TopicSpec(
-            f"{settings.app_id}.identity-links", "anonymous id", "identities row JSON", n,
+            f"{settings.projection_id}.identity-links", "anonymous id", "identities row JSON", n,
             dict(_FOUR_WEEKS),
+        ),
+        # Named from the app id, not the projection's: a replay does not re-validate.
+        # Compacted, not expired by time: the validator writes a tombstone for each id
+        # that leaves the window, so the topic holds about one window's worth of ids.
+        dedup_window=TopicSpec(
+            f"{settings.app_id}.dedup-window", "event id",
+            "[first seen epoch s, ingest offset] JSON; tombstone = forgotten", n,
+            {"cleanup.policy": "compact"},
         ),
     )

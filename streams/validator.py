@@ -1,55 +1,185 @@
-"""The validator agent: touchpoints.ingest -> touchpoints (valid) or touchpoints.dlq."""
+"""The validator: touchpoints.ingest -> touchpoints (valid) or touchpoints.dlq, batch by batch.
+
+It runs in the worker on its own aiokafka consumer (group `<app id>-validator`) rather
+than as a Faust agent: Faust hands each message over in its own asyncio task, which
+cost five times the validation itself (docs/adr/0001-validator-outside-faust-streams.md).
+Per batch it routes every message, sends the outputs and the dedup changelog records,
+waits for every acknowledgement (acks=all) and only then commits the batch's offsets.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
+# The aiokafka imports outside streams/kafka.py: the group protocol calls back an
+# instance of this class (checked with isinstance), and record batches are routed with
+# the partitioner producer.send() would use.
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.partitioner import DefaultPartitioner
+
 from journey.settings import Settings
 from projections.ingest import Admitted, DedupWindow, admit
 from schemas.codec import encode_json
 from schemas.dead_letter import DeadLetter
-from streams.delivery import as_current, send_all
+from streams.dedup import DedupState
+from streams.kafka import KafkaError, TopicPartition, make_consumer, make_producer
 from streams.metrics import Metrics
-from streams.tables import Record, put
+from streams.tables import Record
+from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY_SECONDS = 600.0
+POLL_MS = 200  # how long an idle validator waits for input before it looks at stop/sweep
+FIRST_RETRY_SECONDS = 0.2
+MAX_RETRY_SECONDS = 10.0
+SHUTDOWN_SECONDS = 20.0  # the batch in flight may finish; past this it is cancelled
 
 
-def install_validator(app: faust.App, settings: Settings, metrics: Metrics,
-                      ingest: faust.TopicT, touchpoints: faust.TopicT,
-                      dlq: faust.TopicT, seen: Any) -> None:
-    window = DedupWindow(settings.dedup_window_hours * 3600.0)
-    store_topic = touchpoints.get_topic_name()
-    dlq_topic = dlq.get_topic_name()
+class ValidatorStateError(RuntimeError):
+    """A message arrived for a partition whose dedup window was never restored."""
 
-    @app.agent(ingest, name="validator")
-    async def validate(stream: Any) -> None:
-        async for batch in stream.take_events(settings.validator_batch_size, within=0.05):
-            now = datetime.now(UTC)
-            now_s = now.timestamp()
-            out: list[Record] = []
-            for event in batch:
-                msg = event.message
-                raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
+
+def validator_group(settings: Settings) -> str:
+    """The validator's consumer group: stable, so a restart resumes where it committed."""
+    return f"{settings.app_id}-validator"
+
+
+class Validator:
+    """Routes the ingest topic in batches; commits a batch only once its outputs are safe.
+
+    Rebalances: the batch in flight holds `_lock`; a revocation waits for it (so its
+    offsets are committed while the partitions are still ours), then drops the dedup
+    windows and starts a new generation. An assignment restores the windows of the
+    assigned partitions from the changelog, under the lock, before any batch is routed.
+    A batch fetched before a rebalance is discarded: the new assignment resumes from the
+    committed offsets, so it comes again.
+    """
+
+    def __init__(self, settings: Settings, spec: Topics, metrics: Metrics, *,
+                 sweep_seconds: float = SWEEP_EVERY_SECONDS) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.ingest = spec.ingest.name
+        self.store_topic = spec.touchpoints.name
+        self.dlq_topic = spec.dlq.name
+        self.group_id = validator_group(settings)
+        self.batch_size = settings.validator_batch_size
+        self.sweep_seconds = sweep_seconds
+        self.dedup = DedupState(settings.bootstrap, spec.dedup_window.name,
+                                DedupWindow(settings.dedup_window_hours * 3600.0))
+        self.commit_failures = 0  # batches routed again by the partitions' next owner
+        self.restore_failures = 0
+        self._consumer: Any = None
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self._ready = asyncio.Event()  # the current assignment's windows are restored
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        self._running = False
+        self._next_sweep = 0.0
+        self._partitioner = DefaultPartitioner()
+
+    def stop(self) -> None:
+        """Finish the batch in flight (unless its sends are failing), then stop."""
+        self._stopping.set()
+
+    async def wait_stopped(self, timeout: float = SHUTDOWN_SECONDS) -> bool:
+        """True once run() has returned; False if it is still busy after `timeout`."""
+        if not self._running:
+            return True
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        self._running = True
+        self._done.clear()
+        consumer = make_consumer(self.settings.bootstrap, group_id=self.group_id,
+                                 max_poll_records=self.batch_size)
+        consumer.subscribe([self.ingest], listener=_Rebalance(self))
+        producer = make_producer(self.settings.bootstrap,
+                                 client_id=f"{self.settings.app_id}-validator")
+        self._consumer = consumer
+        self._next_sweep = time.monotonic() + self.sweep_seconds
+        try:
+            await self.dedup.start()
+            await producer.start()
+            await self.dedup.check_layout(set(await producer.partitions_for(self.ingest)),
+                                          producer)
+            await consumer.start()
+            while not self._stopping.is_set():
+                got = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.batch_size)
+                # Read right after getmany returns (no await in between): the records
+                # belong to the assignment of this generation.
+                generation = self._generation
+                if not await self._wait_ready():
+                    break
+                async with self._lock:
+                    if generation != self._generation:
+                        log.info("discarding a batch fetched before a rebalance: "
+                                 "its records come again from the committed offsets")
+                        continue
+                    if not await self._handle(got, producer, consumer):
+                        break
+        finally:
+            self._ready.clear()
+            self._consumer = None
+            try:
+                await consumer.stop()
+                await producer.stop()
+            finally:
+                await self.dedup.stop()
+                self._running = False
+                self._done.set()
+
+    async def _handle(self, got: dict[Any, list[Any]], producer: Any, consumer: Any) -> bool:
+        """Route, deliver and commit one batch; False when stopped before it was delivered."""
+        out = self._sweep_if_due()
+        if not got and not out:
+            return True
+        offsets = self._route(got, out)
+        if not await self._deliver(producer, out):
+            return False  # stopping: the batch is not committed and is routed again
+        if offsets:
+            await self._commit(consumer, offsets)
+        return True
+
+    def _route(self, got: dict[Any, list[Any]], out: list[Record]) -> dict[Any, int]:
+        """Append each message's output (and new ids' changelog records) to `out`."""
+        now = datetime.now(UTC)
+        now_s = now.timestamp()
+        metrics, dedup, window = self.metrics, self.dedup, self.dedup.window
+        store_topic, dlq_topic = self.store_topic, self.dlq_topic
+        offsets: dict[Any, int] = {}
+        for tp, messages in got.items():
+            if not messages:
+                continue
+            seen = dedup.ids(tp.partition)
+            if seen is None:
+                raise ValidatorStateError(
+                    f"{tp.topic}[{tp.partition}]@{messages[0].offset}: no dedup window "
+                    "restored for this partition")
+            for msg in messages:
+                raw = msg.value if msg.value is not None else b""
                 metrics.read += 1
                 outcome = admit(raw, now=now)
                 if isinstance(outcome, Admitted):
-                    as_current(event)
-                    event_key = outcome.event_id.encode()
-                    entry = seen.get(event_key)
-                    if window.is_repeat(entry[0] if entry else None, now_s):
+                    if not window.remember(seen, outcome.event_id, now_s):
                         metrics.duplicates += 1
                         continue
-                    put(seen, event_key, [now_s, msg.partition], msg.partition, out)
                     metrics.valid += 1
                     out.append((store_topic, outcome.key, outcome.value, None))
+                    out.append(dedup.sighting(tp.partition, outcome.event_id, now_s, msg.offset))
                 else:
                     metrics.invalid[str(outcome.error.reason)] += 1
                     record = DeadLetter.from_error(
@@ -58,17 +188,215 @@ def install_validator(app: faust.App, settings: Settings, metrics: Metrics,
                     )
                     out.append((dlq_topic, msg.key, encode_json(record.model_dump(mode="json")),
                                 None))
-            # take_events acks the batch when this body returns: everything must be
-            # on the broker (acks=all) by then, so send and flush before returning.
-            await send_all(app, out, metrics)
+            offsets[tp] = messages[-1].offset + 1
+        return offsets
 
-    @app.timer(SWEEP_EVERY_SECONDS)  # type: ignore[untyped-decorator]
-    async def sweep_seen_events() -> None:
-        now_s = time.time()
-        expired = [(k, v) for k, v in list(seen.data.items())
-                   if v and window.expired(v[0], now_s)]
-        for key, value in expired:
-            del seen.data[key]
-            seen.send_changelog(value[1], key, None)
-        if expired:
-            log.info("dedup window: forgot %d event ids", len(expired))
+    def _sweep_if_due(self) -> list[Record]:
+        if time.monotonic() < self._next_sweep:
+            return []
+        self._next_sweep = time.monotonic() + self.sweep_seconds
+        tombstones = self.dedup.forget_expired(time.time())
+        if tombstones:
+            log.info("dedup window: forgot %d event ids", len(tombstones))
+        return tombstones
+
+    async def _deliver(self, producer: Any, records: list[Record]) -> bool:
+        """Send and wait for every acknowledgement, retrying what failed with backoff.
+
+        False only when asked to stop while sends were failing: nothing is dropped, the
+        caller just must not commit.
+        """
+        pending = records
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            failed, error = await self._send_once(producer, pending)
+            if not failed:
+                return True
+            self.metrics.send_failures += 1
+            log.warning("send of %d of %d records failed (%s: %s); retrying in %.1fs",
+                        len(failed), len(pending), type(error).__name__, error, delay)
+            pending = failed
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                log.warning("stopping with %d records unsent: their batch stays uncommitted",
+                            len(pending))
+                return False
+            except TimeoutError:
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    async def _send_once(self, producer: Any,
+                         records: list[Record]) -> tuple[list[Record], BaseException | None]:
+        """Send `records` as one record batch per topic partition; returns what failed.
+
+        Handing aiokafka whole batches instead of one record at a time halves the
+        validator's cost per event (one future per batch, not per record). Records
+        keep their order within a partition, and keyed records land where
+        producer.send() would put them (the same partitioner), which the journey
+        projection relies on.
+        """
+        chunks: list[tuple[str, int, list[Record], Any]] = []
+        futures: list[asyncio.Future[Any]] = []
+        error: BaseException | None = None
+        try:
+            chunks = await self._chunks(producer, records)
+            for topic, partition, _, builder in chunks:
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+        except KafkaError as exc:  # e.g. no metadata while the broker is away
+            error = exc
+        if not chunks:
+            return (records, error) if error is not None else ([], None)
+        # Settle every batch handed over, so only the ones that failed are resent: a
+        # resent record is a duplicate downstream deduplicates, a lost one is lost.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed: list[Record] = []
+        for (_, _, chunk, _), result in zip(chunks, results, strict=False):
+            if isinstance(result, BaseException):
+                if not isinstance(result, KafkaError):
+                    raise result  # not the broker's doing: a bug, do not retry it forever
+                error = error or result
+                failed.extend(chunk)
+        for _, _, chunk, _ in chunks[len(futures):]:
+            failed.extend(chunk)
+        return failed, error
+
+    async def _chunks(self, producer: Any,
+                      records: list[Record]) -> list[tuple[str, int, list[Record], Any]]:
+        """The records grouped by topic partition, each group in full record batches."""
+        partitions: dict[str, list[int]] = {}
+        groups: dict[tuple[str, int], list[Record]] = {}
+        for record in records:
+            topic, key, _, partition = record
+            if partition is None:
+                known = partitions.get(topic)
+                if known is None:
+                    known = partitions[topic] = sorted(await producer.partitions_for(topic))
+                partition = self._partitioner(key, known, known)
+            groups.setdefault((topic, partition), []).append(record)
+        chunks: list[tuple[str, int, list[Record], Any]] = []
+        for (topic, partition), group in groups.items():
+            builder = producer.create_batch()
+            chunk: list[Record] = []
+            for record in group:
+                if builder.append(key=record[1], value=record[2], timestamp=None) is None:
+                    chunks.append((topic, partition, chunk, builder))  # full (and closed)
+                    builder, chunk = producer.create_batch(), []
+                    # An empty builder takes any record; if it ever did not, the record
+                    # would be counted as sent without being in a batch.
+                    if builder.append(key=record[1], value=record[2], timestamp=None) is None:
+                        raise RuntimeError(f"{topic}[{partition}]: an empty record batch "
+                                           "refused a record")
+                chunk.append(record)
+            builder.close()  # closed: sent at once, and producer.send() cannot add to it
+            chunks.append((topic, partition, chunk, builder))
+        return chunks
+
+    async def _commit(self, consumer: Any, offsets: dict[Any, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # Retriable errors are retried inside commit(); this one means the group
+            # moved on (a rebalance took the partitions). The outputs are delivered, so
+            # the next owner routes these messages again: duplicates, never a loss.
+            self.commit_failures += 1
+            log.warning("commit failed (%s: %s) for %s", type(exc).__name__, exc,
+                        ", ".join(f"{tp.topic}[{tp.partition}]@{o}"
+                                  for tp, o in sorted(offsets.items())))
+
+    async def _wait_ready(self) -> bool:
+        """Wait until the assignment's windows are restored; False when stopping."""
+        if self._ready.is_set():
+            return True
+        stop = asyncio.ensure_future(self._stopping.wait())
+        ready = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            ready.cancel()
+        return self._ready.is_set() and not self._stopping.is_set()
+
+    async def on_revoked(self, revoked: Iterable[Any]) -> None:
+        self._ready.clear()
+        async with self._lock:  # the batch in flight commits while the partitions are ours
+            self._generation += 1
+            self.dedup.drop(tp.partition for tp in revoked)
+
+    async def on_assigned(self, assigned: Iterable[Any]) -> None:
+        # No new generation here: records fetched since the assignment took effect are
+        # this assignment's, and wait for the restore below rather than being dropped.
+        async with self._lock:
+            # Every assignment starts from scratch (aiokafka revokes all before it).
+            self.dedup.drop(list(self.dedup.partitions))
+            delay = FIRST_RETRY_SECONDS
+            while not self._stopping.is_set():
+                try:
+                    resume = await self._resume_offsets(assigned)
+                    await self.dedup.restore(resume)
+                except KafkaError as exc:
+                    self.restore_failures += 1
+                    log.warning("restoring the dedup window of %s failed (%s: %s); "
+                                "retrying in %.1fs", sorted(tp.partition for tp in assigned),
+                                type(exc).__name__, exc, delay)
+                    try:
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    except TimeoutError:
+                        delay = min(delay * 2, MAX_RETRY_SECONDS)
+                    continue
+                self._ready.set()
+                return
+
+    async def _resume_offsets(self, assigned: Iterable[Any]) -> dict[int, int]:
+        """Where each assigned partition resumes: the committed offset, else its start."""
+        consumer = self._consumer
+        tps = sorted(assigned)
+        resume: dict[int, int] = {}
+        never = []
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                never.append(tp)
+            else:
+                resume[tp.partition] = committed
+        if never:
+            # Not yet committed: the group reads these partitions from their first offset.
+            starts = await consumer.beginning_offsets(never)
+            resume.update({tp.partition: starts[tp] for tp in never})
+        return resume
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's group callbacks, handed to the validator."""
+
+    def __init__(self, validator: Validator) -> None:
+        self.validator = validator
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.validator.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.validator.on_assigned(assigned)
+
+
+def install_validator(app: faust.App, settings: Settings, spec: Topics,
+                      metrics: Metrics) -> Validator:
+    """Run the validator in the worker: started with the app, drained on shutdown."""
+    validator = Validator(settings, spec, metrics)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def run_validator() -> None:
+        try:
+            await validator.run()
+        except Exception as exc:
+            # Without its validator the worker would look healthy and route nothing.
+            log.exception("the validator stopped")
+            await app.crash(exc)
+
+    @app.on_before_shutdown.connect
+    async def stop_validator(*_: Any, **__: Any) -> None:
+        validator.stop()
+        if not await validator.wait_stopped():
+            log.warning("the validator did not finish its batch within %.0fs; it is "
+                        "cancelled uncommitted and that batch is routed again",
+                        SHUTDOWN_SECONDS)
+
+    return validator

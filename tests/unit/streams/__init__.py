@@ -1,0 +1,1 @@
+"""Unit tests of the stream wiring, with the broker replaced by fakes."""
