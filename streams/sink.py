@@ -1,8 +1,12 @@
-"""The ClickHouse sink: touchpoints -> ClickHouse, offsets committed only after the insert.
+"""The ClickHouse sink: a topic -> its ClickHouse table, offsets committed only after the insert.
 
 Each sink runs its own aiokafka consumer (group `<app id>-sink-<table>`) rather than
 a Faust stream: Faust's take_events() acks a batch even when the body fails or is
 cancelled, which would commit offsets of rows that never reached ClickHouse.
+
+The sink hands the insert function the records' bytes as they came: for touchpoints,
+ClickHouse parses the JSON itself, which is faster than decoding it here. Poison is
+therefore looked for only when an insert fails.
 """
 
 from __future__ import annotations
@@ -10,16 +14,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
-
+from schemas.codec import decode_json
 from streams.kafka import TopicPartition, make_consumer
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-InsertFn = Callable[[Sequence[dict[str, Any]]], int]
+InsertFn = Callable[[Sequence[bytes]], int]
+"""Writes one batch of record values (JSON objects, one row each); raises to retry it."""
+
+
+class _Record(Protocol):
+    """What the sink reads of a consumed record (aiokafka's ConsumerRecord)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
 
 
 class ClickHouseSink:
@@ -48,58 +61,84 @@ class ClickHouseSink:
         await consumer.start()
         try:
             while not self._stopping.is_set():
-                rows, offsets = await self._collect(consumer)
+                records, offsets = await self._collect(consumer)
                 if not offsets:
                     continue
-                if rows and not await self._insert_until_done(rows):
+                written = await self._insert_until_done(records)
+                if written is None:
                     return  # stopping: leave the offsets uncommitted, the rows come again
                 await consumer.commit(offsets)
-                self.metrics.written_by_table[self.table] += len(rows)
+                self.metrics.written_by_table[self.table] += written
                 if self.table == "touchpoints":
-                    self.metrics.written += len(rows)
+                    self.metrics.written += written
         finally:
             await consumer.stop()
 
-    async def _collect(self, consumer: Any) -> tuple[list[dict[str, Any]], dict[Any, int]]:
+    async def _collect(self, consumer: Any) -> tuple[list[_Record], dict[TopicPartition, int]]:
         """Up to batch_size records, waiting at most batch_seconds for more to arrive."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_seconds
-        rows: list[dict[str, Any]] = []
+        records: list[_Record] = []
         offsets: dict[TopicPartition, int] = {}
-        while len(rows) < self.batch_size and not self._stopping.is_set():
+        while len(records) < self.batch_size and not self._stopping.is_set():
             left = deadline - loop.time()
             if left <= 0:
                 break
             got = await consumer.getmany(timeout_ms=int(left * 1000),
-                                         max_records=self.batch_size - len(rows))
+                                         max_records=self.batch_size - len(records))
             for tp, messages in got.items():
-                for m in messages:
-                    try:
-                        rows.append(orjson.loads(m.value))
-                    except orjson.JSONDecodeError:
-                        # Only the validator writes this topic; an undecodable record
-                        # means someone else did. Skip it loudly rather than stall.
-                        log.error("skipping undecodable record %s[%d]@%d", tp.topic,
-                                  tp.partition, m.offset)
-                        self.metrics.sink_failures += 1
+                records.extend(messages)
                 offsets[tp] = messages[-1].offset + 1
-        return rows, offsets
+        return records, offsets
 
-    async def _insert_until_done(self, rows: list[dict[str, Any]]) -> bool:
+    async def _insert_until_done(self, records: list[_Record]) -> int | None:
+        """Rows written (poison left out), or None if stopped before an insert succeeded."""
         delay = 0.5
-        while True:
+        while records:
+            # a None value (a tombstone) fails the insert and is then dropped as poison
+            values: list[Any] = [r.value for r in records]
             try:
-                await asyncio.to_thread(self.insert, rows)
+                await asyncio.to_thread(self.insert, values)
                 self.metrics.sink_batches += 1
                 self.metrics.last_insert_error = None
-                return True
+                return len(values)
             except Exception as exc:  # any ClickHouse failure: retry, never drop
                 self.metrics.sink_failures += 1
                 self.metrics.last_insert_error = f"{type(exc).__name__}: {exc}"[:500]
+                kept = self._without_poison(records)
+                if len(kept) < len(records):
+                    # The poison may be what failed the insert: retry the rest at once.
+                    log.warning("ClickHouse insert of %d rows failed (%s); retrying without "
+                                "%d skipped", len(values), self.metrics.last_insert_error,
+                                len(records) - len(kept))
+                    records = kept
+                    continue
                 log.warning("ClickHouse insert of %d rows failed (%s); retrying in %.1fs",
-                            len(rows), self.metrics.last_insert_error, delay)
+                            len(values), self.metrics.last_insert_error, delay)
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
-                return False
+                return None
             except TimeoutError:
                 delay = min(delay * 2, self.max_backoff)
+        return 0  # every record was poison: nothing to write, the offsets may move on
+
+    def _without_poison(self, records: list[_Record]) -> list[_Record]:
+        """The records that are JSON objects; each other one is logged and counted.
+
+        Only the projections write these topics; a record that is no JSON object means
+        someone else did, and it can never become a row. Skip it loudly rather than
+        stall the partition.
+        """
+        kept: list[_Record] = []
+        for r in records:
+            try:
+                is_object = r.value is not None and isinstance(decode_json(r.value), dict)
+            except ValueError:
+                is_object = False
+            if is_object:
+                kept.append(r)
+                continue
+            log.error("skipping a record that is no JSON object: %s[%d]@%d",
+                      r.topic, r.partition, r.offset)
+            self.metrics.sink_failures += 1
+        return kept

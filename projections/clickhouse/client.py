@@ -307,7 +307,7 @@ class _Handles:
 
 
 class Warehouse:
-    """The ClickHouse warehouse behind a DSN: queries, commands and columnar inserts.
+    """The ClickHouse warehouse behind a DSN: queries, commands, columnar and raw inserts.
 
     Thread-safe: every call leases its own handle from a small pool. Build it with
     `connect()`; close it (or use it as a context manager) to release a chDB folder.
@@ -322,6 +322,9 @@ class Warehouse:
             self._claimed = True
         try:
             self._handles = _Handles(target, max(1, max_handles))
+            with self._handles.lease() as client:
+                # read once at connect: the client fetched them from system.settings
+                self._setting_names = frozenset(client.server_settings)
         except BaseException:
             self._release()
             raise
@@ -390,6 +393,38 @@ class Warehouse:
                 settings=dict(settings or {}),
             )
         return rows
+
+    def insert_raw(
+        self,
+        table: str,
+        data: bytes,
+        fmt: str = "JSONEachRow",
+        *,
+        column_names: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Insert rows already encoded in a ClickHouse input format; the engine parses them.
+
+        `column_names` limits the insert to those columns, so that a field of the same
+        name as another column (one with a DEFAULT or MATERIALIZED expression) never
+        overrides it; the format's settings decide what happens to the other fields.
+        """
+        if not data:
+            return
+        with self._handles.lease() as client, self._errors():
+            # chDB writes the bytes to a temporary file and inserts FROM INFILE; a server
+            # gets them as the body of one HTTP request: the statement is the same.
+            client.raw_insert(
+                table,
+                list(column_names) if column_names is not None else None,
+                data,
+                settings=dict(settings or {}),
+                fmt=fmt,
+            )
+
+    def knows_setting(self, name: str) -> bool:
+        """Whether the engine has this setting; an older server rejects newer names."""
+        return name in self._setting_names
 
     def ping(self) -> bool:
         with self._handles.lease() as client:

@@ -1,4 +1,8 @@
-"""Turns batches of normalised touchpoints into one columnar insert into `touchpoints`."""
+"""Turns batches of normalised touchpoints (and read-model rows) into one insert each.
+
+Touchpoints go in either as columns built here or, from the `touchpoints` topic, as the
+validator's JSON records that ClickHouse parses itself; both land identically.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,36 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _COLUMN_NAMES = tuple(name for name, _ in TOUCHPOINT_INSERT_COLUMNS)
 _COLUMN_TYPES = tuple(type_ for _, type_ in TOUCHPOINT_INSERT_COLUMNS)
+# The validator ends every record with its two stamps, both non-empty strings. A record
+# that ends otherwise predates the stamps, came from elsewhere or has extra top-level
+# fields: its batch takes the columnar path, which fills in missing stamps (see
+# touchpoint_columns). Inside a JSON string every quote is escaped, so this matches keys
+# only, and a tail that closes the record belongs to its top-level object.
+_RECEIVED_AT_MARK = b'"received_at":"'
+_STAMPED_TAIL = re.compile(rb'"received_at":"[^"]+","customer_key":"[^"]+"}')
+# How ClickHouse must read those records so that they land exactly as touchpoint_columns()
+# puts them (an integration test compares both paths row by row).
+_JSON_SETTINGS: dict[str, Any] = {
+    # properties is an object on the wire and its JSON text in the table; ClickHouse
+    # copies the object's bytes, and the validator's orjson text is what
+    # orjson.dumps(orjson.loads(...)) gives back, so JSONExtract* sees the same string.
+    "input_format_json_read_objects_as_strings": 1,
+    # RFC 3339 with Z or an offset and up to six fraction digits; the extra digits are
+    # cut, as the columnar writer floors to milliseconds (no time is before 1970).
+    "date_time_input_format": "best_effort",
+    # The envelope keeps extra top-level fields; the table has no column for them.
+    "input_format_skip_unknown_fields": 1,
+    # An absent or null optional id becomes the column's '' as in the columnar writer.
+    "input_format_defaults_for_omitted_fields": 1,
+    "input_format_null_as_default": 1,
+    # A server profile may allow bad rows; the sink must never drop one unnoticed.
+    "input_format_allow_errors_num": 0,
+    "input_format_allow_errors_ratio": 0,
+}
+# Newer engines (default 'auto') match a field name ignoring case when it has no exact
+# match, so an extra top-level field "Properties" collides with `properties` and fails
+# the batch. Engines without the setting always match case.
+_NAME_MATCHING = "input_format_column_name_matching_mode"
 # RFC 3339 allows a lower-case t/z and any number of fraction digits; fromisoformat
 # takes at most six, so the rest is cut before the second attempt.
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(\.\d+)?([Zz]|[+-]\d\d:?\d\d)?$")
@@ -196,6 +230,46 @@ def insert_touchpoints(
     )
 
 
+def _stamped_by_validator(payload: bytes) -> bool:
+    # Searched from the end, not parsed: the point of the JSON path is that Python never
+    # decodes the record.
+    at = payload.rfind(_RECEIVED_AT_MARK)
+    return at >= 0 and _STAMPED_TAIL.fullmatch(payload, at) is not None
+
+
+def insert_touchpoints_json(
+    warehouse: Warehouse,
+    payloads: Sequence[bytes],
+    *,
+    dedup_token: str | None = None,
+) -> int:
+    """Write the `touchpoints` topic's records (JSON bytes, one touchpoint each) as one
+    insert that ClickHouse parses; returns the number of records sent.
+
+    Same rows as insert_touchpoints() on the decoded records, without decoding them in
+    Python. A batch with a record that does not end in the validator's received_at and
+    customer_key stamps (or has extra top-level fields after them) is decoded and
+    written by insert_touchpoints() instead, so it gets that writer's fallbacks. An
+    undecodable record fails the whole insert (the sink then drops it).
+    """
+    if not payloads:
+        return 0
+    if not all(_stamped_by_validator(p) for p in payloads):
+        return insert_touchpoints(
+            warehouse, [orjson.loads(p) for p in payloads], dedup_token=dedup_token
+        )
+    settings = dict(_JSON_SETTINGS)
+    if warehouse.knows_setting(_NAME_MATCHING):
+        settings[_NAME_MATCHING] = "match_case"
+    if dedup_token:
+        settings["insert_deduplication_token"] = dedup_token
+    # One record per line is JSONEachRow; orjson never writes a raw newline inside one.
+    warehouse.insert_raw(
+        TOUCHPOINTS, b"\n".join(payloads), column_names=_COLUMN_NAMES, settings=settings
+    )
+    return len(payloads)
+
+
 def _column_value(type_: str, value: Any) -> Any:
     if type_.startswith("DateTime64"):
         return _epoch_millis(value)
@@ -220,3 +294,8 @@ def insert_records(warehouse: Warehouse, table: str, records: Sequence[Mapping[s
     return warehouse.insert(
         table, columns, [n for n, _ in spec], column_types=[t for _, t in spec]
     )
+
+
+def insert_records_json(warehouse: Warehouse, table: str, payloads: Sequence[bytes]) -> int:
+    """insert_records() for a read-model topic's records as they come (JSON bytes)."""
+    return insert_records(warehouse, table, [orjson.loads(p) for p in payloads])

@@ -5,23 +5,28 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlparse
 
+import orjson
 import pytest
 
 from journey.cli.sql import QueryFailedError, run_query
 from journey.errors import ServiceUnavailableError
 from journey.settings import Settings
+from journey.workload import generate
 from projections.clickhouse.client import (
     QueryError,
     Warehouse,
@@ -45,9 +50,12 @@ from projections.clickhouse.tables import (
     applied_versions,
     migrate,
 )
-from projections.clickhouse.writer import insert_touchpoints
+from projections.clickhouse.writer import insert_touchpoints, insert_touchpoints_json
+from projections.ingest import Admitted, admit
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
@@ -272,6 +280,408 @@ def test_queries_and_inserts_from_threads(warehouse: Warehouse) -> None:
         thread.join(60)
     assert errors == []
     assert final_count(warehouse) == 2 * 5 * 200
+
+
+# ---- the JSON path: the topic's records parsed by ClickHouse -----------------------------
+
+Oddity = Callable[[dict[str, Any], int], None]
+
+
+def _as_generated(event: dict[str, Any], n: int) -> None:
+    pass
+
+
+def _unicode_and_escapes(event: dict[str, Any], n: int) -> None:
+    event["properties"]["note"] = 'café – 客户 😀 "quoted" back\\slash \n\t\u0001 \u2028'
+    event["customer_id" if "customer_id" in event else "anonymous_id"] += "-ü😀"
+    event["session_id"] = 's-"ü"\\'
+
+
+def _big_properties(event: dict[str, Any], n: int) -> None:
+    event["properties"]["blob"] = "x" * 30_000
+    event["properties"]["deep"] = {"a": [1, {"b": [None, True, False, {"c": "d"}]}], "e": {}}
+
+
+_OFFSETS = tuple(
+    timezone(timedelta(minutes=m)) for m in (5 * 60 + 30, -(3 * 60 + 30), 14 * 60, -12 * 60)
+)
+
+
+def _local_offset(event: dict[str, Any], n: int) -> None:
+    at = datetime.fromisoformat(event["occurred_at"])
+    event["occurred_at"] = at.astimezone(_OFFSETS[n % len(_OFFSETS)]).isoformat()
+
+
+def _fraction(event: dict[str, Any], n: int) -> None:
+    at = datetime.fromisoformat(event["occurred_at"])
+    at = at.replace(microsecond=(0, 999_999, 1_000, 999, 123_456)[n % 5])
+    event["occurred_at"] = at.isoformat().replace("+00:00", "Z")
+
+
+def _hot_properties(event: dict[str, Any], n: int) -> None:
+    # the values the MATERIALIZED columns extract, in awkward spellings
+    event["properties"].update(
+        revenue=(0.30000000000000004, 1e-7, 1.5e13, 12, -0.0)[n % 5],
+        amount=(7.125, 3)[n % 2],
+        currency="USD",
+        campaign="spring sale ü",
+        score=(3, 4.5, 1e-300)[n % 3],
+        topic="billing",
+        product_id="P-1",
+        order_id="O-9",
+        big=2**63 - 1,
+        negative=-(2**63),
+    )
+
+
+def _sparse(event: dict[str, Any], n: int) -> None:
+    event.pop("session_id", None)
+    event.pop("source", None)
+
+
+def _odd_keys(event: dict[str, Any], n: int) -> None:
+    event["properties"].update({"": "empty key", 'k"q': 1, "x": {}, "l": []})
+
+
+ODDITIES: tuple[Oddity, ...] = (
+    _as_generated,
+    _unicode_and_escapes,
+    _big_properties,
+    _local_offset,
+    _fraction,
+    _hot_properties,
+    _sparse,
+    _odd_keys,
+)
+
+
+def realistic_records(now: datetime, customers: int = 40) -> list[bytes]:
+    """The validator's records (admit()) for a generated workload, most events made odd."""
+    workload = generate(
+        customers, 11, start=now - timedelta(days=30), bad_ratio=0.0, duplicate_ratio=0.0
+    )
+    records = []
+    for i, message in enumerate(workload.messages):
+        event = orjson.loads(message.value)
+        ODDITIES[i % len(ODDITIES)](event, i // len(ODDITIES))
+        admitted = admit(orjson.dumps(event), now=now)
+        if isinstance(admitted, Admitted):  # a few oddities break a type's own rules
+            records.append(admitted.value)
+    assert len(records) > 0.9 * len(workload.messages)
+    for mark in (
+        rb'\.\d{6}\+05:30"', rb'-03:30"', rb'\+14:00"', rb'\.999999Z"', rb':\d\dZ"',
+        "😀".encode(), rb'"revenue":15000000000000\.0', rb'"k\\"q":1',
+    ):  # fmt: skip
+        assert any(re.search(mark, r) for r in records), mark
+    assert any(len(r) > 30_000 for r in records)
+    assert any(b'"session_id"' not in r for r in records)
+    return records
+
+
+# Every column the table stores, MATERIALIZED ones included; inserted_at is the write time.
+STORED_ROWS = f"""SELECT * EXCEPT (inserted_at), revenue, amount, currency, campaign, product_id,
+                         order_id, topic, score
+                  FROM {TOUCHPOINTS} FINAL ORDER BY event_id"""
+
+
+def stored(record: dict[str, Any]) -> bytes:
+    """A hand-made record's JSON laid out as the validator writes it: the stamps last."""
+    rest = {k: v for k, v in record.items() if k not in ("received_at", "customer_key")}
+    stamps = {"received_at": record["received_at"], "customer_key": record["customer_key"]}
+    return orjson.dumps({**rest, **stamps})
+
+
+def only_raw_inserts(monkeypatch: pytest.MonkeyPatch, warehouse: Warehouse) -> None:
+    """Make sure the JSON path does not fall back to the columnar writer."""
+
+    def refuse(*args: Any, **kwargs: Any) -> int:
+        raise AssertionError("the JSON path fell back to the columnar insert")
+
+    monkeypatch.setattr(warehouse, "insert", refuse)
+
+
+def test_json_records_land_as_the_columnar_writer_puts_them(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    records = realistic_records(now)
+    assert insert_touchpoints(warehouse, [orjson.loads(r) for r in records]) == len(records)
+    columnar = warehouse.query(STORED_ROWS)
+    warehouse.command(f"TRUNCATE TABLE {TOUCHPOINTS}")
+    with monkeypatch.context() as patched:
+        only_raw_inserts(patched, warehouse)
+        assert insert_touchpoints_json(warehouse, records) == len(records)
+    parsed = warehouse.query(STORED_ROWS)
+    assert parsed.columns == columnar.columns
+    assert len(parsed.rows) == len(records)
+    assert parsed.rows == columnar.rows
+    # the comparison has teeth: the hot columns are filled, the odd values are there
+    filled = warehouse.query(
+        f"""SELECT countIf(revenue IS NOT NULL), countIf(score IS NOT NULL),
+                   countIf(campaign != ''), countIf(session_id = ''),
+                   max(length(properties)), min(inserted_at)
+            FROM {TOUCHPOINTS}"""
+    ).rows[0]
+    assert all(filled[:5]), filled
+    assert filled[5] >= now - timedelta(minutes=10)
+    # properties is the validator's text byte for byte, so JSONExtract* agrees too
+    by_id = {orjson.loads(r)["event_id"]: r for r in records}
+    for event_id, properties in warehouse.query(
+        f"SELECT event_id, properties FROM {TOUCHPOINTS}"
+    ).rows:
+        assert orjson.dumps(orjson.loads(by_id[event_id])["properties"]) == properties.encode()
+
+
+def test_json_offsets_and_fractions_become_utc_milliseconds(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = {
+        "event_id": "e-offset",
+        "schema_version": 1,
+        "type": "page_view",
+        "occurred_at": "2024-05-01T14:30:00.250999+05:30",
+        "received_at": "2024-05-01T09:00:01Z",
+        "channel": "web",
+        "customer_id": "c1",
+        "customer_key": "c1",
+        "properties": {},
+    }
+    only_raw_inserts(monkeypatch, warehouse)
+    insert_touchpoints_json(warehouse, [stored(record)])
+    row = warehouse.query(f"SELECT occurred_at, received_at FROM {TOUCHPOINTS}").rows[0]
+    assert row == (T0 + timedelta(milliseconds=250), T0 + timedelta(seconds=1))
+
+
+def test_json_records_without_the_stamps_get_the_columnar_fallbacks(
+    warehouse: Warehouse,
+) -> None:
+    # records from before the validator stamped them: decoded and written as columns
+    stamped = touchpoint("c1", "page_view", T0, event_id="e-stamped")
+    no_key = touchpoint("c2", "page_view", T0, event_id="e-no-key")
+    del no_key["customer_key"]
+    empty_key = touchpoint("c3", "page_view", T0, event_id="e-empty-key", customer_key="")
+    anonymous = touchpoint("x", "page_view", T0, event_id="e-anon", anonymous_id="a4")
+    del anonymous["customer_key"], anonymous["customer_id"]
+    no_received = touchpoint("c5", "page_view", T0, event_id="e-no-received")
+    del no_received["received_at"]
+    # a stamp name inside properties only is still no stamp
+    nested = touchpoint("c6", "page_view", T0, event_id="e-nested")
+    nested["properties"] = {"received_at": "2024-01-01T00:00:00Z", "customer_key": "z"}
+    del nested["customer_key"], nested["received_at"]
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    batch = [stamped, no_key, empty_key, anonymous, no_received, nested]
+    assert insert_touchpoints_json(warehouse, [orjson.dumps(r) for r in batch]) == len(batch)
+    rows = warehouse.query(
+        f"SELECT event_id, customer_key, received_at FROM {TOUCHPOINTS} FINAL ORDER BY event_id"
+    ).rows
+    keys = {event_id: key for event_id, key, _ in rows}
+    assert keys == {
+        "e-stamped": "c1",
+        "e-no-key": "c2",
+        "e-empty-key": "c3",
+        "e-anon": "a4",
+        "e-no-received": "c5",
+        "e-nested": "c6",
+    }
+    received = {event_id: at for event_id, _, at in rows}
+    assert received["e-stamped"] == T0 + timedelta(seconds=1)
+    assert received["e-no-received"] >= before
+
+
+def test_json_extra_top_level_fields_are_never_stored(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Field names of other columns, in another case, or of no column: none is stored.
+    extras = {
+        "inserted_at": "1999-01-01T00:00:00Z",
+        "revenue": 999,
+        "Properties": "shadow",
+        "EVENT_ID": "shadow",
+        "utm": {"source": "x", "n": [1, 2]},
+    }
+    now = datetime.now(UTC)
+    first, second = str(uuid.UUID(int=1)), str(uuid.UUID(int=2))
+    event = touchpoint("c1", "page_view", T0, event_id=first)
+    event["properties"] = {"url": "https://shop.test/", "revenue": 5.5}
+    del event["received_at"], event["customer_key"]
+    admitted = admit(orjson.dumps({**event, **extras}), now=now)
+    assert isinstance(admitted, Admitted), admitted
+    # The validator keeps the extras after its stamps: that batch goes by columns.
+    assert admitted.value.endswith(b'"EVENT_ID":"shadow","utm":{"source":"x","n":[1,2]}}')
+    insert_touchpoints_json(warehouse, [admitted.value])
+    # Written by someone else, extras before the stamps: ClickHouse must skip them.
+    other = {**extras, **touchpoint("c2", "page_view", T0, event_id=second)}
+    other["properties"] = event["properties"]
+    other["received_at"] = other.pop("received_at")
+    other["customer_key"] = other.pop("customer_key")
+    with monkeypatch.context() as patched:
+        only_raw_inserts(patched, warehouse)
+        insert_touchpoints_json(warehouse, [orjson.dumps(other)])
+    rows = warehouse.query(
+        f"""SELECT event_id, customer_key, properties, revenue, inserted_at >= {{t:DateTime64(3)}}
+            FROM {TOUCHPOINTS} FINAL ORDER BY event_id""",
+        {"t": now - timedelta(minutes=10)},
+    ).rows
+    properties = orjson.dumps(event["properties"]).decode()
+    assert rows == [
+        (first, "c1", properties, Decimal("5.5"), True),
+        (second, "c2", properties, Decimal("5.5"), True),
+    ]
+
+
+def test_json_duplicates_count_once(warehouse: Warehouse) -> None:
+    a, b, c = (touchpoint("c1", "page_view", T0 + timedelta(seconds=i)) for i in range(3))
+    insert_touchpoints_json(warehouse, [stored(a), stored(b)])
+    insert_touchpoints_json(warehouse, [stored(a), stored(b)])  # a retried batch
+    insert_touchpoints(warehouse, [b, c])  # the same events by the columnar path
+    assert final_count(warehouse) == 3
+    token = "touchpoints/0/10-19"
+    d, e = touchpoint("c2", "page_view", T0), touchpoint("c3", "page_view", T0)
+    insert_touchpoints_json(warehouse, [stored(d)], dedup_token=token)
+    stored_rows = int(warehouse.query(f"SELECT count() FROM {TOUCHPOINTS}").scalar())
+    insert_touchpoints_json(warehouse, [stored(e)], dedup_token=token)  # a no-op
+    assert int(warehouse.query(f"SELECT count() FROM {TOUCHPOINTS}").scalar()) == stored_rows
+    assert final_count(warehouse) == 4
+
+
+def test_undecodable_json_fails_the_whole_insert(warehouse: Warehouse) -> None:
+    good = stored(touchpoint("c1", "page_view", T0))
+    # stamped at the end, so ClickHouse gets it and refuses it
+    broken = b'{"event_id":"e", oops,"received_at":"x","customer_key":"c1"}'
+    with pytest.raises(QueryError, match=r"(?i)parse|incorrect"):
+        insert_touchpoints_json(warehouse, [good, broken])
+    # not stamped, so Python decodes the batch and refuses it
+    with pytest.raises(ValueError, match="unexpected"):
+        insert_touchpoints_json(warehouse, [good, good[:-9]])
+    assert final_count(warehouse) == 0
+    assert insert_touchpoints_json(warehouse, []) == 0
+    warehouse.insert_raw(TOUCHPOINTS, b"")  # nothing to send: no statement at all
+    assert final_count(warehouse) == 0
+
+
+# ---- the same through the HTTP interface of a server --------------------------------------
+
+# URL parameters of ClickHouse's HTTP interface that are not settings.
+_HTTP_PARAMETERS = frozenset(
+    {
+        "query", "database", "default_format", "query_id", "session_id", "session_timeout",
+        "session_check", "compress", "decompress", "user", "password", "wait_end_of_query",
+        "buffer_size", "role",
+    }
+)  # fmt: skip
+_HTTP_INSERT = re.compile(rb"\s*INSERT INTO (.+?)\s+FORMAT\s+(\w+)[ \t]*\n?", re.S | re.I)
+
+
+def serve_chdb_over_http(folder: str) -> None:
+    """A stand-in for a ClickHouse server, run in a child process: chDB behind HTTP.
+
+    No server binary is to be had here; this follows the HTTP interface as far as
+    clickhouse-connect's HTTP client uses it: the statement in the `query` parameter or
+    at the head of the body, an INSERT's data after its FORMAT clause, settings and
+    `param_` values as URL parameters, a failure as a 500 with its code in a header. It
+    applies settings to INSERTs (the point here) and ignores them for other statements.
+    """
+    from chdb import session  # the test's own engine; the product reaches chDB via the client
+
+    open_session: Any = session.Session  # chDB ships no type hints
+    engine = open_session(folder)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            url = urlparse(self.path)
+            if url.path == "/ping":
+                self.reply(200, b"Ok.\n")
+                return
+            params = dict(parse_qsl(url.query, keep_blank_values=True))
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            text = params["query"].encode() + b"\n" + body if "query" in params else body
+            settings = {
+                k: v for k, v in params.items() if k not in _HTTP_PARAMETERS and k[:6] != "param_"
+            }
+            bound = {k[6:]: v for k, v in params.items() if k[:6] == "param_"}
+            try:
+                insert = _HTTP_INSERT.match(text)
+                if insert is None:
+                    fmt = params.get("default_format", "TabSeparated")
+                    self.reply(200, engine.query(text.decode(), fmt, params=bound).bytes() or b"")
+                    return
+                target, fmt = (part.decode() for part in insert.groups())
+                clause = ", ".join(f"{k} = '{v}'" for k, v in settings.items())
+                with tempfile.NamedTemporaryFile(suffix=".data") as data:
+                    data.write(text[insert.end() :])
+                    data.flush()
+                    engine.query(
+                        f"INSERT INTO {target} FROM INFILE '{data.name}' SETTINGS {clause} "
+                        f"FORMAT {fmt}",
+                        "TabSeparated",
+                    )
+                self.reply(200, b"")
+            except Exception as exc:  # the engine's refusal, as a server reports it
+                code = re.search(r"Code: (\d+)", str(exc))
+                self.reply(500, str(exc).encode(), code.group(1) if code else "1")
+
+        do_GET = do_POST
+
+        def reply(self, status: int, payload: bytes, code: str | None = None) -> None:
+            self.send_response(status)
+            if code is not None:
+                self.send_header("X-ClickHouse-Exception-Code", code)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)  # one request at a time, like the engine
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+@pytest.fixture(scope="module")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("server")
+    script = (
+        "import sys\n"
+        "from tests.integration.test_clickhouse import serve_chdb_over_http\n"
+        "serve_chdb_over_http(sys.argv[1])\n"
+    )
+    with (folder / "server.log").open("w") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, str(folder / "data")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    try:
+        assert child.stdout is not None
+        port = child.stdout.readline().strip()
+        assert port, (folder / "server.log").read_text()
+        yield f"http://default:@127.0.0.1:{port}/default"
+    finally:
+        child.terminate()
+        child.wait(30)
+
+
+def test_json_records_through_a_server(
+    server_dsn: str, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = realistic_records(datetime.now(UTC), customers=15)
+    insert_touchpoints(warehouse, [orjson.loads(r) for r in records])
+    expected = warehouse.query(STORED_ROWS)
+    with connect(server_dsn) as server:
+        assert server.engine == "server"
+        migrate(server)
+        assert server.knows_setting("input_format_column_name_matching_mode")
+        only_raw_inserts(monkeypatch, server)
+        assert insert_touchpoints_json(server, records) == len(records)
+        got = server.query(STORED_ROWS)
+        with pytest.raises(QueryError, match=r"(?i)parse|incorrect"):
+            insert_touchpoints_json(server, [b'{"oops","received_at":"x","customer_key":"c1"}'])
+    assert got.columns == expected.columns
+    assert len(got.rows) == len(records)
+    assert got.rows == expected.rows
 
 
 # ---- the funnel ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from journey.settings import Settings
 from projections.clickhouse.client import Warehouse, connect
 from projections.clickhouse.tables import TOUCHPOINTS, migrate
-from projections.clickhouse.writer import insert_touchpoints
+from projections.clickhouse.writer import insert_touchpoints_json
 from projections.ingest import Admitted, admit
 from streams.kafka import TopicPartition, create_topics, make_consumer, make_producer
 from streams.metrics import Metrics
@@ -67,7 +67,7 @@ async def test_offsets_wait_for_a_successful_insert(
         kafka,
         topic,
         group,
-        lambda rows: insert_touchpoints(warehouse, rows),
+        lambda values: insert_touchpoints_json(warehouse, values),
         metrics,
         batch_size=1000,
         batch_seconds=0.2,
@@ -108,7 +108,7 @@ async def test_a_sink_stopped_mid_retry_commits_nothing(
     await producer.send_and_wait(topic, s.value, key=s.key)
     await producer.stop()
 
-    def broken(rows: object) -> int:
+    def broken(values: object) -> int:
         raise ConnectionError("ClickHouse is down")
 
     metrics = Metrics()
@@ -120,3 +120,52 @@ async def test_a_sink_stopped_mid_retry_commits_nothing(
     sink.stop()
     await asyncio.wait_for(task, 30)
     assert await committed(settings, group, topic, 1) == 0
+
+
+async def test_poison_is_skipped_loudly_and_the_rest_written(
+    kafka: str, settings: Settings, warehouse: Warehouse
+) -> None:
+    migrate(warehouse)
+    topic = f"{settings.topic_touchpoints}.poison-{uuid.uuid4().hex[:6]}"
+    group = f"sink-test-{uuid.uuid4().hex[:6]}"
+    await create_topics(kafka, [TopicSpec(topic, "customer key", "touchpoint", 1)])
+    now = datetime.now(UTC)
+    stored = [admit(encode(touchpoint(customer_id=f"p-{i}")), now=now) for i in range(10)]
+    good = [s for s in stored if isinstance(s, Admitted)]
+    assert len(good) == 10
+    # Nothing but the validator writes the topic; these would come from someone else.
+    poison: list[bytes | None] = [b"not json", b"[1, 2]", b"", None, b'{"event_id": "cut']
+    values = [*(s.value for s in good[:5]), *poison, *(s.value for s in good[5:])]
+    producer = make_producer(kafka)
+    await producer.start()
+    for value in values:
+        await producer.send(topic, value, key=b"k")
+    await producer.flush()
+    await producer.stop()
+
+    metrics = Metrics()
+    sink = ClickHouseSink(
+        kafka,
+        topic,
+        group,
+        lambda batch: insert_touchpoints_json(warehouse, batch),
+        metrics,
+        batch_size=1000,
+        batch_seconds=0.5,
+        max_backoff=0.5,
+    )
+    task = asyncio.create_task(sink.run())
+    try:
+        await wait_for(lambda: metrics.written == len(good), 60, "rows written around the poison")
+        assert await committed(settings, group, topic, 1) == len(values)
+    finally:
+        sink.stop()
+        await asyncio.wait_for(task, 30)
+    # each poison record counted once, plus the insert(s) it failed
+    assert metrics.sink_failures >= len(poison) + 1
+    assert metrics.last_insert_error is None
+    count = warehouse.query(
+        f"SELECT count() FROM {TOUCHPOINTS} FINAL WHERE event_id IN {{ids:Array(String)}}",
+        {"ids": [s.event_id for s in good]},
+    ).scalar()
+    assert count == len(good)

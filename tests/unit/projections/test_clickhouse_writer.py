@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 
-from projections.clickhouse.tables import MIGRATIONS, TOUCHPOINT_INSERT_COLUMNS
-from projections.clickhouse.writer import touchpoint_columns
+from projections.clickhouse.client import Warehouse
+from projections.clickhouse.tables import MIGRATIONS, TOUCHPOINT_INSERT_COLUMNS, TOUCHPOINTS
+from projections.clickhouse.writer import insert_touchpoints_json, touchpoint_columns
 
 MS_2024_05_01 = int(datetime(2024, 5, 1, tzinfo=UTC).timestamp()) * 1000
 
@@ -120,3 +121,110 @@ def test_bad_record_names_the_event(override: dict[str, Any]) -> None:
 def test_migrations_are_numbered_in_order() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     assert all(m.statements and m.name for m in MIGRATIONS)
+
+
+class RecordingWarehouse:
+    """Takes the writer's inserts instead of an engine."""
+
+    def __init__(self, *, knows: frozenset[str] = frozenset()) -> None:
+        self.knows = knows
+        self.raw: list[dict[str, Any]] = []
+        self.columnar: list[dict[str, Any]] = []
+
+    def knows_setting(self, name: str) -> bool:
+        return name in self.knows
+
+    def insert_raw(self, table: str, data: bytes, fmt: str = "JSONEachRow", **kw: Any) -> None:
+        self.raw.append({"table": table, "data": data, "fmt": fmt, **kw})
+
+    def insert(self, table: str, columns: Any, column_names: Any, **kw: Any) -> int:
+        named = dict(zip(column_names, columns, strict=True))
+        self.columnar.append({"table": table, "columns": named, **kw})
+        return len(columns[0])
+
+
+def stored(**overrides: Any) -> bytes:
+    """A record as the validator writes it: the two stamps last."""
+    record = touchpoint(**overrides)
+    stamps = {k: record.pop(k) for k in ("received_at", "customer_key") if k in record}
+    return orjson.dumps({**record, **stamps})
+
+
+def test_validator_records_go_to_clickhouse_as_they_are() -> None:
+    warehouse = RecordingWarehouse(knows=frozenset({"input_format_column_name_matching_mode"}))
+    batch = [stored(), stored(event_id="e2")]
+    assert insert_touchpoints_json(cast(Warehouse, warehouse), batch, dedup_token="t/0/1-2") == 2
+    assert warehouse.columnar == []
+    (call,) = warehouse.raw
+    assert call["table"] == TOUCHPOINTS
+    assert call["fmt"] == "JSONEachRow"
+    assert call["data"] == batch[0] + b"\n" + batch[1]
+    assert list(call["column_names"]) == [name for name, _ in TOUCHPOINT_INSERT_COLUMNS]
+    assert call["settings"] == {
+        "input_format_json_read_objects_as_strings": 1,
+        "date_time_input_format": "best_effort",
+        "input_format_skip_unknown_fields": 1,
+        "input_format_defaults_for_omitted_fields": 1,
+        "input_format_null_as_default": 1,
+        "input_format_allow_errors_num": 0,
+        "input_format_allow_errors_ratio": 0,
+        "input_format_column_name_matching_mode": "match_case",
+        "insert_deduplication_token": "t/0/1-2",
+    }
+
+
+def test_an_engine_without_name_matching_modes_is_not_sent_one() -> None:
+    warehouse = RecordingWarehouse()
+    insert_touchpoints_json(cast(Warehouse, warehouse), [stored()])
+    assert "input_format_column_name_matching_mode" not in warehouse.raw[0]["settings"]
+    assert "insert_deduplication_token" not in warehouse.raw[0]["settings"]
+
+
+def _without(*names: str) -> bytes:
+    record = touchpoint()
+    for name in names:
+        del record[name]
+    return orjson.dumps(record)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param(_without("customer_key"), id="no customer_key"),
+        pytest.param(_without("received_at"), id="no received_at"),
+        pytest.param(stored(customer_key=""), id="empty customer_key"),
+        pytest.param(stored(customer_key=None), id="null customer_key"),
+        pytest.param(stored(customer_key='c"1'), id="quote in customer_key"),
+        pytest.param(orjson.dumps(touchpoint()), id="stamps not last"),
+        pytest.param(stored() + b" ", id="trailing space"),
+        pytest.param(stored()[:-1] + b',"extra":1}', id="extra field after the stamps"),
+        pytest.param(
+            orjson.dumps(
+                {
+                    **touchpoint(received_at=None, customer_key=None),
+                    "properties": {"received_at": "2024-05-01T00:00:01Z", "customer_key": "z"},
+                }
+            ),
+            id="stamps only inside properties",
+        ),
+    ],
+)
+def test_other_records_are_decoded_and_written_as_columns(odd: bytes) -> None:
+    warehouse = RecordingWarehouse()
+    assert insert_touchpoints_json(cast(Warehouse, warehouse), [stored(), odd]) == 2
+    assert warehouse.raw == []
+    (call,) = warehouse.columnar
+    # the columnar writer's fallbacks: customer_id for a missing or empty key
+    assert call["columns"]["customer_key"][1] == (orjson.loads(odd).get("customer_key") or "c1")
+    assert call["columns"]["event_id"] == [touchpoint()["event_id"]] * 2
+
+
+def test_nothing_to_write() -> None:
+    warehouse = RecordingWarehouse()
+    assert insert_touchpoints_json(cast(Warehouse, warehouse), []) == 0
+    assert warehouse.raw == warehouse.columnar == []
+
+
+def test_undecodable_unstamped_records_raise() -> None:
+    with pytest.raises(ValueError):
+        insert_touchpoints_json(cast(Warehouse, RecordingWarehouse()), [b"not json"])
