@@ -144,14 +144,9 @@ def worker_settings(base: Settings, run_dir: Path, role: str, **update: Any) -> 
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    # The integration tests already own the settings -> JOURNEY_* translation; reuse it
-    # rather than keep a second copy (tests/ is not an installed package, hence the path).
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.integration.conftest import settings_env
+    from journey.worker import settings_env
 
-    env: dict[str, str] = settings_env(settings)
-    return env
+    return settings_env(settings)
 
 
 # -- workload ---------------------------------------------------------------------------

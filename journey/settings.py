@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     # the worker
     app_id: str = "journey"
+    generation: int | None = Field(
+        None, description="projection generation; unset = the one `journey replay` recorded"
+    )
     worker_host: str = "127.0.0.1"
     worker_port: int = 6066
     dedup_window_hours: float = 168.0
@@ -62,6 +65,11 @@ class Settings(BaseSettings):
         if self.clickhouse_dsn:
             return self.clickhouse_dsn
         return f"chdb://{(self.home / 'warehouse').resolve()}"
+
+    @property
+    def projection_id(self) -> str:
+        """Faust app id of the projections: a replay starts a new generation afresh."""
+        return self.app_id if not self.generation else f"{self.app_id}-g{self.generation}"
 
     @property
     def worker_url(self) -> str:

@@ -14,6 +14,12 @@ from journey.errors import ServiceUnavailableError
 from journey.settings import Settings
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The JOURNEY_* variables that reproduce `settings` in a child process."""
+    return {f"JOURNEY_{name.upper()}": str(value)
+            for name, value in settings.model_dump().items() if value is not None}
+
+
 def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
     """Create the topics, then run the Faust worker until SIGINT/SIGTERM."""
     from faust.worker import Worker

@@ -47,11 +47,11 @@ def create_engine(settings: Settings) -> Engine:
         TRANSITIONS,
         migrate,
     )
-    from projections.clickhouse.writer import insert_records, insert_touchpoints
+    from projections.clickhouse.writer import insert_records_json, insert_touchpoints_json
 
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        settings.app_id,
+        settings.projection_id,
         broker=faust_broker(settings.bootstrap),
         store=settings.store,
         datadir=str(settings.worker_dir),
@@ -76,23 +76,18 @@ def create_engine(settings: Settings) -> Engine:
     spec = topics(settings)
     engine = Engine(app=app, settings=settings, topics=spec, metrics=Metrics())
 
-    def declare(s: Any) -> faust.TopicT:
-        return app.topic(s.name, partitions=s.partitions, key_type=bytes, value_type=bytes,
-                         key_serializer="raw", value_serializer="raw", config=s.config)
-
-    ingest, store, dlq = declare(spec.ingest), declare(spec.touchpoints), declare(spec.dlq)
     tables = declare_tables(app, settings)
-    install_validator(app, settings, engine.metrics, ingest, store, dlq, tables.seen_events)
+    install_validator(app, settings, spec, engine.metrics)
     install_journeys(app, settings, spec, engine.metrics, tables.journeys, tables.identity_links)
 
     def sink_for(topic: str, table: str) -> ClickHouseSink:
-        def insert(rows: Any) -> int:
+        def insert(values: Any) -> int:
             if table == TOUCHPOINTS:
-                return insert_touchpoints(engine.warehouse, rows)
-            return insert_records(engine.warehouse, table, rows)
+                return insert_touchpoints_json(engine.warehouse, values)
+            return insert_records_json(engine.warehouse, table, values)
 
         return ClickHouseSink(
-            settings.bootstrap, topic, f"{settings.app_id}-sink-{table}", insert,
+            settings.bootstrap, topic, f"{settings.projection_id}-sink-{table}", insert,
             engine.metrics, batch_size=settings.sink_batch_size,
             batch_seconds=settings.sink_batch_seconds, table=table,
         )

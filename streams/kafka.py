@@ -95,3 +95,19 @@ async def create_topics(bootstrap: str, specs: Iterable[TopicSpec],
         await admin.close()
     return created
 
+
+
+async def group_lag(bootstrap: str, group_id: str, topic: str, partitions: int) -> int:
+    """Records of `topic` the consumer group has not committed yet (all if it never did)."""
+    consumer = make_consumer(bootstrap, group_id=group_id)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        lag = 0
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            lag += ends[tp] - (committed or 0)
+        return lag
+    finally:
+        await consumer.stop()

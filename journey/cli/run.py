@@ -14,6 +14,7 @@ from rich.table import Table
 
 from journey.cli import app
 from journey.errors import ConfigurationError
+from journey.replay import with_generation
 from journey.settings import Settings
 from journey.worker import run_worker, worker_status
 
@@ -26,7 +27,7 @@ def worker(
     if loglevel not in {"crit", "error", "warn", "info", "debug"}:
         raise ConfigurationError(f"unknown log level {loglevel!r}: use crit, error, warn, "
                                  "info or debug")
-    settings = Settings()
+    settings = with_generation(Settings())
     if worker_status(settings, timeout=0.5) is not None:
         raise ConfigurationError(f"a worker already answers at {settings.worker_url}: stop it "
                                  "first or set JOURNEY_WORKER_PORT for a second one")
@@ -107,3 +108,24 @@ def produce(
 
     n = asyncio.run(send())
     typer.echo(f"sent {n} messages to {topic or settings.topic_ingest} at {settings.bootstrap}")
+
+
+@app.command()
+def replay(
+    keep_running: Annotated[bool, typer.Option(
+        "--keep-running", help="leave the new generation's worker running")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the catch-up")] = 3600.0,
+) -> None:
+    """Rebuild every projection from the touchpoints topic, offset 0 on (a new generation)."""
+    from journey.replay import replay as run_replay
+
+    console = Console()
+    report = run_replay(Settings(), keep_running=keep_running, timeout=timeout, console=console)
+    table = Table(title=f"replay: generation {report.generation}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in report.rows.items():
+        table.add_row(name, f"{n:,}")
+    console.print(table)
+    console.print(f"{report.events:,} touchpoints replayed in {report.seconds:.1f}s = "
+                  f"{report.rate:,.0f} events/s")

@@ -193,6 +193,9 @@ ENGINE = ReplacingMergeTree(version)
 ORDER BY anonymous_id
 """
 
+# What `journey replay` empties and rebuilds from the event store.
+REBUILT_TABLES: tuple[str, ...] = (TOUCHPOINTS, JOURNEYS, TRANSITIONS, IDENTITIES)
+
 # The columns the journey projection writes per table (defaults fill the rest).
 READ_MODEL_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     JOURNEYS: (

@@ -14,21 +14,12 @@ import pytest
 
 from journey.settings import Settings
 from journey.stack import KafkaStack, ensure_kafka
-from journey.worker import WorkerProcess
+from journey.worker import WorkerProcess, settings_env
 
 pytestmark = pytest.mark.integration
 
 # Ports apart from the defaults so a developer's own stack keeps running.
 TEST_PORTS = {"kafka_port": 39092, "kafka_controller_port": 39093, "worker_port": 36066}
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The JOURNEY_* variables that reproduce `settings` in a child process."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"JOURNEY_{name.upper()}"] = str(value)
-    return env
 
 
 @pytest.fixture(scope="session")

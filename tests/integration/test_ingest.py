@@ -15,10 +15,9 @@ import pytest
 from journey.cli.sql import run_query
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
-from journey.worker import WorkerProcess
+from journey.worker import WorkerProcess, settings_env
 from schemas.dead_letter import DeadLetter
 from streams.kafka import make_producer
-from tests.integration.conftest import settings_env
 from tests.integration.helpers import counters, encode, read_topic, touchpoint, wait_for
 
 pytestmark = pytest.mark.integration

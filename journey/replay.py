@@ -1,0 +1,137 @@
+"""`journey replay`: rebuild every projection from the event store, offset 0 on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from journey.errors import ConfigurationError, ServiceUnavailableError
+from journey.settings import Settings
+from journey.worker import WorkerProcess, settings_env, worker_status
+
+
+def generation_file(settings: Settings) -> Path:
+    return settings.home / "generation"
+
+
+def with_generation(settings: Settings) -> Settings:
+    """The settings with the projection generation the last replay recorded (0 if none)."""
+    if settings.generation is not None:
+        return settings
+    path = generation_file(settings)
+    generation = int(path.read_text().strip()) if path.exists() else 0
+    return settings.model_copy(update={"generation": generation})
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    generation: int
+    events: int
+    seconds: float
+    rows: dict[str, int]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+async def projection_lags(settings: Settings) -> dict[str, int]:
+    """How far each projection consumer group is behind its input."""
+    from streams.kafka import group_lag
+    from streams.topics import topics
+
+    spec = topics(settings)
+    n = settings.topic_partitions
+    faust_group = settings.projection_id
+    pairs = {
+        "journeys": (faust_group, spec.touchpoints.name),
+        "journey inbox": (faust_group, spec.journey_inbox.name),
+        "touchpoints sink": (f"{faust_group}-sink-touchpoints", spec.touchpoints.name),
+        "journeys sink": (f"{faust_group}-sink-journeys", spec.journey_states.name),
+        "transitions sink": (f"{faust_group}-sink-journey_transitions",
+                             spec.journey_transitions.name),
+        "identities sink": (f"{faust_group}-sink-identities", spec.identity_links.name),
+    }
+    return {name: await group_lag(settings.bootstrap, group, topic, n)
+            for name, (group, topic) in pairs.items()}
+
+
+async def _store_size(settings: Settings) -> int:
+    from streams.kafka import group_lag
+    from streams.topics import topics
+
+    # a group that never committed lags by the whole topic
+    return await group_lag(settings.bootstrap, f"{settings.app_id}-size-probe",
+                           topics(settings).touchpoints.name, settings.topic_partitions)
+
+
+def _truncate(settings: Settings) -> None:
+    from projections.clickhouse.client import connect
+    from projections.clickhouse.tables import REBUILT_TABLES, migrate
+
+    warehouse = connect(settings.warehouse_dsn)
+    try:
+        migrate(warehouse)
+        for table in REBUILT_TABLES:
+            warehouse.command(f"TRUNCATE TABLE IF EXISTS {table}")
+    finally:
+        warehouse.close()
+
+
+def replay(settings: Settings, *, keep_running: bool = False, timeout: float = 3600.0,
+           console: Console | None = None) -> ReplayReport:
+    """Start a new projection generation and wait until it has caught up with the store."""
+    console = console or Console()
+    if worker_status(settings, timeout=0.5) is not None:
+        raise ConfigurationError(
+            f"a worker runs at {settings.worker_url}: stop it first, a replay starts its own")
+    current = with_generation(settings).generation or 0
+    fresh = settings.model_copy(update={"generation": current + 1})
+    total = asyncio.run(_store_size(fresh))
+    with console.status("emptying the warehouse tables"):
+        _truncate(fresh)
+    generation_file(fresh).parent.mkdir(parents=True, exist_ok=True)
+    generation_file(fresh).write_text(f"{fresh.generation}\n")
+    console.print(f"generation {fresh.generation}: replaying {total:,} touchpoints")
+
+    worker = WorkerProcess(fresh, env=settings_env(fresh))
+    started = time.perf_counter()
+    worker.start()
+    try:
+        done_polls = 0
+        deadline = time.monotonic() + timeout
+        columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("replaying", total=total)
+            while done_polls < 2:
+                lags = asyncio.run(projection_lags(fresh))
+                progress.update(task, completed=max(0, total - lags["touchpoints sink"]))
+                done_polls = done_polls + 1 if not any(lags.values()) else 0
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailableError(
+                        f"the replay did not catch up within {timeout:.0f}s (lags {lags}): "
+                        f"see {worker.log_path}")
+                time.sleep(1.0)
+        seconds = time.perf_counter() - started
+        rows = _row_counts(fresh)
+    finally:
+        if not keep_running:
+            worker.stop()
+    return ReplayReport(fresh.generation or 0, total, seconds, rows)
+
+
+def _row_counts(settings: Settings) -> dict[str, int]:
+    from journey.cli.sql import run_query
+    from projections.clickhouse.tables import REBUILT_TABLES
+
+    counts = {}
+    for table in REBUILT_TABLES:
+        _, found = run_query(settings, f"SELECT count() FROM {table} FINAL")
+        counts[table] = int(found[0][0])
+    return counts
