@@ -35,6 +35,10 @@ class DemoReport:
     produce_seconds: float = 0.0
     pipeline_seconds: float = 0.0
     funnel: list[tuple[int, str, int]] = field(default_factory=list)
+    funnel_by_channel: list[list[Any]] = field(default_factory=list)
+    paths_to_purchase: list[tuple[str, int, float]] = field(default_factory=list)
+    stage_map: list[tuple[str, str, int, int]] = field(default_factory=list)
+    projection_seconds: float = 0.0
     expected: Any = None
 
     @property
@@ -133,6 +137,8 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
             report.produce_seconds = asyncio.run(_produce(settings, workload, progress))
             after = _wait_for_pipeline(settings, before, report.produced, progress, timeout)
             report.pipeline_seconds = time.perf_counter() - t0
+            _wait_for_projections(settings, progress, timeout)
+            report.projection_seconds = time.perf_counter() - t0
 
         report.valid = after["valid"] - before["valid"]
         report.duplicates = after["duplicates"] - before["duplicates"]
@@ -143,6 +149,9 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
         }
         report.rows_written = _rows(settings) - rows_before
         report.funnel = _funnel(settings)
+        report.funnel_by_channel = _funnel_by_channel(settings)
+        report.paths_to_purchase = _paths_to_purchase(settings)
+        report.stage_map = _stage_map(settings)
     finally:
         if not keep_running:
             if worker is not None:
@@ -166,6 +175,65 @@ def _funnel(settings: Settings) -> list[tuple[int, str, int]]:
     sql, params = funnel_sql(FUNNEL, int(FUNNEL_WINDOW.total_seconds()))
     _, rows = run_query(settings, sql, params)
     return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+def _wait_for_projections(settings: Settings, progress: Progress, timeout: float) -> None:
+    """Until the journey projection and every sink have committed all they were sent."""
+    from journey.replay import projection_lags, with_generation
+
+    current = with_generation(settings)
+    task = progress.add_task("journey projection", total=None)
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2:
+        lags = asyncio.run(projection_lags(current))
+        behind = sum(lags.values())
+        progress.update(task, total=max(behind, 1) if quiet == 0 else 1,
+                        completed=0 if behind else 1)
+        quiet = quiet + 1 if behind == 0 else 0
+        if time.monotonic() > deadline:
+            raise ServiceUnavailableError(
+                f"the journey projection did not catch up within {timeout:.0f}s ({lags}): "
+                f"see {settings.home / 'worker.log'}")
+        time.sleep(0.5)
+    progress.update(task, total=1, completed=1)
+
+
+def _funnel_by_channel(settings: Settings) -> list[list[Any]]:
+    from journey.cli.sql import run_query
+    from projections.clickhouse.funnels import (
+        funnel_query,
+        funnel_rows,
+        parse_funnel,
+        shape_funnel,
+    )
+
+    spec = parse_funnel(list(FUNNEL), window="7d", breakdown="channel",
+                        attribution="first-touch")
+    sql, params = funnel_query(spec)
+    _, rows = run_query(settings, sql, params)
+    columns, flat = funnel_rows(spec, shape_funnel(spec, rows))
+    keep = [columns.index(c) for c in ("breakdown", "step", "label", "people")]
+    return [[row[i] for i in keep] for row in flat]
+
+
+def _paths_to_purchase(settings: Settings) -> list[tuple[str, int, float]]:
+    from journey.cli.sql import run_query
+    from projections.clickhouse.analysis import paths_sql
+
+    sql, params = paths_sql(end_at="purchase", top=5, max_length=5)
+    columns, rows = run_query(settings, sql, params)
+    text, people, share = (columns.index(c) for c in ("path_text", "people", "share"))
+    return [(str(r[text]), int(r[people]), float(r[share])) for r in rows]
+
+
+def _stage_map(settings: Settings) -> list[tuple[str, str, int, int]]:
+    from journey.cli.sql import run_query
+    from projections.clickhouse.analysis import stage_map_sql
+
+    sql, params = stage_map_sql()
+    _, rows = run_query(settings, sql, params)
+    return [(str(r[0]), str(r[1]), int(r[2]), int(r[4])) for r in rows]
 
 
 def _mark(ok: bool) -> str:
@@ -213,3 +281,39 @@ def print_report(report: DemoReport, console: Console) -> None:
                        bar)
         prev = n
     console.print(funnel)
+
+    if report.funnel_by_channel:
+        by_channel = Table(title="the same funnel by first-touch channel (people per step)")
+        by_channel.add_column("channel")
+        for name in FUNNEL:
+            by_channel.add_column(name, justify="right")
+        grouped: dict[str, list[int]] = {}
+        for breakdown, _step, _label, people in report.funnel_by_channel:
+            label = "(all)" if breakdown is None else str(breakdown)
+            grouped.setdefault(label, []).append(int(people))
+        for channel, people in grouped.items():
+            by_channel.add_row(channel, *(f"{n:,}" for n in people))
+        console.print(by_channel)
+
+    if report.paths_to_purchase:
+        paths = Table(title="top paths to purchase (repeats collapsed)")
+        paths.add_column("path")
+        paths.add_column("people", justify="right")
+        paths.add_column("share", justify="right")
+        for text, people, share in report.paths_to_purchase:
+            paths.add_row(text, f"{people:,}", f"{share:.1%}")
+        console.print(paths)
+
+    if report.stage_map:
+        stages = Table(title=f"stage map (journey projection caught up in "
+                             f"{report.projection_seconds:.1f}s)")
+        stages.add_column("from")
+        stages.add_column("to")
+        stages.add_column("moves", justify="right")
+        stages.add_column("of them by buyers", justify="right")
+        stages.add_column("")
+        largest = max(m for _, _, m, _ in report.stage_map)
+        for source, target, moves, buyers in report.stage_map:
+            stages.add_row(source, target, f"{moves:,}", f"{buyers:,}",
+                           "#" * max(1, round(30 * moves / largest)))
+        console.print(stages)

@@ -283,8 +283,9 @@ def sankey(flows: Sequence[Mapping[str, Any]], conversion: str) -> dict[str, Any
     }
 
 
-def _print_flows(flows: list[dict[str, Any]], conversion: str) -> None:
-    table = Table(title=f"flows (converted: has {conversion})", header_style="bold")
+def _print_flows(flows: list[dict[str, Any]], conversion: str,
+                 what: str = "touchpoint flows") -> None:
+    table = Table(title=f"{what} (converted: has {conversion})", header_style="bold")
     table.add_column("from")
     table.add_column("to")
     table.add_column("transitions", justify="right")
@@ -340,7 +341,7 @@ def map_command(
     elif output is OutputFormat.csv:
         _write_csv(columns, rows)
     else:
-        _print_flows(flows, label)
+        _print_flows(flows, label, "touchpoint flows" if level == "touchpoint" else "stage map")
 
 
 # ---- retention -------------------------------------------------------------------------
