@@ -45,10 +45,12 @@ class Settings(BaseSettings):
     worker_port: int = 6066
     dedup_window_hours: float = 168.0
     validator_batch_size: int = 2000
-    sink_batch_size: int = 5000
+    sink_batch_size: int = 20000
     sink_enabled: bool = Field(True, description="run the ClickHouse sink in this worker")
     sink_batch_seconds: float = 1.0
-    store: str = Field("memory://", description="faust table store: memory:// or rocksdb://")
+    store: str = Field(
+        "rocksdb://", description="Faust table store: rocksdb:// (persistent) or memory://"
+    )
 
     @property
     def uses_local_stack(self) -> bool:

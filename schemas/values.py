@@ -108,5 +108,9 @@ def integral(value: Any) -> Any:
 JsonInt = Annotated[int, Strict(), BeforeValidator(integral)]
 """A JSON integer: no booleans, no numeric strings, integral floats accepted."""
 
-Amount = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
-"""A non-negative JSON number (money amounts, durations in seconds)."""
+MAX_AMOUNT = 1e12
+Amount = Annotated[float, Strict(), Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+"""A non-negative JSON number up to a trillion (money amounts, durations in seconds).
+
+The bound keeps every amount inside the warehouse's Decimal(18, 4) columns: a larger
+one would be accepted here and then fail every insert of its batch."""

@@ -54,7 +54,8 @@ def create_engine(settings: Settings) -> Engine:
         settings.projection_id,
         broker=faust_broker(settings.bootstrap),
         store=settings.store,
-        datadir=str(settings.worker_dir),
+        # per generation: a replay must not find the previous generation's RocksDB state
+        datadir=str(settings.worker_dir / settings.projection_id),
         key_serializer="raw",
         value_serializer="json",  # tables; every topic declares raw bytes itself
         topic_partitions=settings.topic_partitions,

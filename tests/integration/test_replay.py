@@ -106,5 +106,6 @@ async def test_replay_rebuilds_the_same_tables(own: Settings, live_worker: Worke
 
     replayed = snapshot(own)  # no worker runs now: read directly
     for name in SNAPSHOTS:
+        assert len(replayed[name]) == len(live[name]), (name, len(replayed[name]), len(live[name]))
         assert replayed[name] == live[name], f"{name} differs after the replay"
     assert (own.home / "generation").read_text().strip() == "1"

@@ -336,3 +336,9 @@ def test_before_the_epoch_is_refused() -> None:
     # The warehouse cannot store it; the sink must never be handed such an event.
     error = _refusal(example("page_view", occurred_at="1969-12-31T23:59:59Z"))
     assert (error.reason, error.field) == ("invalid_field", "occurred_at")
+
+
+def test_an_amount_the_warehouse_cannot_hold_is_refused() -> None:
+    properties = {"order_id": "o-1", "revenue": 1e15, "currency": "EUR"}
+    error = _refusal(example("purchase", properties=properties))
+    assert (error.reason, error.field) == ("invalid_field", "properties.revenue")
