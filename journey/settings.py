@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     dedup_window_hours: float = 168.0
     validator_batch_size: int = 2000
     sink_batch_size: int = 20000
-    sink_enabled: bool = Field(True, description="run the ClickHouse sink in this worker")
+    sink_enabled: bool = Field(True, description="run the ClickHouse sinks in this worker")
+    journeys_enabled: bool = Field(True, description="run the journey projection here")
     sink_batch_seconds: float = 1.0
     store: str = Field(
         "rocksdb://", description="Faust table store: rocksdb:// (persistent) or memory://"

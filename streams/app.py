@@ -79,7 +79,9 @@ def create_engine(settings: Settings) -> Engine:
 
     tables = declare_tables(app, settings)
     install_validator(app, settings, spec, engine.metrics)
-    install_journeys(app, settings, spec, engine.metrics, tables.journeys, tables.identity_links)
+    if settings.journeys_enabled:
+        install_journeys(app, settings, spec, engine.metrics, tables.journeys,
+                         tables.identity_links)
 
     def sink_for(topic: str, table: str) -> ClickHouseSink:
         def insert(values: Any) -> int:
