@@ -97,8 +97,10 @@ def create_engine(settings: Settings) -> Engine:
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_sinks() -> None:
-        engine.warehouse = await asyncio.to_thread(connect, settings.warehouse_dsn)
-        await asyncio.to_thread(migrate, engine.warehouse)
+        warehouse = await asyncio.to_thread(connect, settings.warehouse_dsn)
+        await asyncio.to_thread(migrate, warehouse)
+        # Published only once migrated: /health reports ready from this moment on.
+        engine.warehouse = warehouse
         if not settings.sink_enabled:
             return
         engine.sinks = [

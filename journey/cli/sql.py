@@ -7,6 +7,7 @@ import http.client
 import json
 import sys
 from collections.abc import Mapping
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,6 +51,13 @@ class OutputFormat(StrEnum):
     csv = "csv"
 
 
+def _json_value(value: Any) -> Any:
+    # Bound values the worker's JSON body cannot carry as they are: times as ISO text.
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"cannot send a {type(value).__name__} as a query parameter")
+
+
 def _ask_worker(
     worker_url: str, sql: str, params: Mapping[str, Any]
 ) -> tuple[Columns, Rows] | None:
@@ -64,7 +72,7 @@ def _ask_worker(
             return None  # not running (refused) or not reachable: open the warehouse directly
         if conn.sock is not None:
             conn.sock.settimeout(WORKER_QUERY_TIMEOUT)
-        body = json.dumps({"sql": sql, "parameters": dict(params)}).encode()
+        body = json.dumps({"sql": sql, "parameters": dict(params)}, default=_json_value).encode()
         try:
             conn.request("POST", "/query", body=body, headers={"Content-Type": "application/json"})
             response = conn.getresponse()

@@ -345,12 +345,30 @@ def _touchpoint_entries() -> str:
     WHERE person = {person}"""
 
 
+STAGE_CHANGE_ENTRY = "stage_change"
+
+
+def _stage_change_entries() -> str:
+    """The subject's stage changes from the stream-fed transitions table. Needs `subject`.
+
+    `type` reads 'from > to' and `properties` holds the stages and the touchpoint type
+    that moved the customer, so the timeline shows them between the touchpoints.
+    """
+    person = "(SELECT person FROM subject)"
+    return f"""SELECT occurred_at, '{STAGE_CHANGE_ENTRY}' AS entry, '' AS channel,
+        concat(if(from_stage = '', 'start', from_stage), ' > ', to_stage) AS type,
+        '' AS case_id,
+        toJSONString(map('from_stage', from_stage, 'to_stage', to_stage,
+                         'touchpoint', to_type)) AS properties,
+        concat(event_id, ':stage') AS event_id
+    FROM {_deduplicated(TRANSITIONS)}
+    WHERE customer_key = {person}"""
+
+
 # The sources of a timeline, each a SELECT of the same columns (occurred_at, entry,
-# channel, type, case_id, properties, event_id) for the `subject` person. The extension
-# point for stage changes: when the stream-fed transitions table exists, its builder joins
-# this tuple (entry 'stage_change', the stages in type/properties) and the timeline
-# interleaves it by time with no other change.
-_TIMELINE_SOURCES = (_touchpoint_entries,)
+# channel, type, case_id, properties, event_id) for the `subject` person, interleaved
+# by time.
+_TIMELINE_SOURCES = (_touchpoint_entries, _stage_change_entries)
 
 
 def customer_timeline_sql(customer: str, *, limit: int = 200) -> tuple[str, Params]:

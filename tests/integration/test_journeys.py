@@ -272,3 +272,32 @@ def test_the_http_api_serves_a_funnel(settings: Settings, worker: WorkerProcess)
         assert "purchse" in orjson.loads(exc.read())["error"]
     else:
         raise AssertionError("an unknown step type must be refused")
+
+
+def test_the_timeline_shows_stage_changes_between_touchpoints(
+    settings: Settings, worker: WorkerProcess
+) -> None:
+    # The merge test's customer: anonymous events, identify, purchase, a later visit.
+    from projections.clickhouse.analysis import customer_timeline_sql
+
+    customer = rows(
+        settings,
+        "SELECT customer_key FROM journey_transitions FINAL WHERE occurred_at >= {a:DateTime64(3)}"
+        " AND occurred_at < {b:DateTime64(3)} AND to_type = 'ad_impression' LIMIT 1",
+        a=at(0).replace(tzinfo=None),
+        b=at(1).replace(tzinfo=None),
+    )[0][0]
+    columns, found = run_query(settings, *customer_timeline_sql(customer))
+    entry, type_ = columns.index("entry"), columns.index("type")
+    assert [(r[entry], r[type_]) for r in found] == [
+        ("touchpoint", "ad_impression"),
+        ("stage_change", "start > awareness"),
+        ("touchpoint", "site_visit"),
+        ("stage_change", "awareness > consideration"),
+        ("touchpoint", "add_to_cart"),
+        ("touchpoint", "identify"),
+        ("touchpoint", "purchase"),
+        ("stage_change", "consideration > purchase"),
+        ("touchpoint", "page_view"),
+        ("stage_change", "purchase > retention"),
+    ]
