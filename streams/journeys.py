@@ -248,11 +248,7 @@ class JourneyProjection:
 def install_journeys(app: faust.App, settings: Settings, topics: Topics, metrics: Metrics,
                      journeys: Any, links: Any) -> JourneyProjection:
     projection = JourneyProjection(settings, topics, metrics, journeys, links)
-    source = app.topic(topics.touchpoints.name, topics.journey_inbox.name,
-                       key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw")
 
-    @app.agent(source, name="journeys")
     async def project(stream: Any) -> None:
         async for events in stream.take_events(settings.validator_batch_size, within=0.1):
             batch = projection.handle(list(events))
@@ -260,4 +256,13 @@ def install_journeys(app: faust.App, settings: Settings, topics: Topics, metrics
             # Acked when this body returns: rows and commands must be on the broker first.
             await send_all(app, batch.out, metrics)
 
+    # Two agents over co-partitioned topics share the tables: one Faust stream over
+    # both topics stalled under load (its own commands fed back into its buffer).
+    # Each batch reads and saves state without awaiting, so the agents never interleave
+    # inside a batch.
+    for topic, name in ((topics.touchpoints.name, "journeys"),
+                        (topics.journey_inbox.name, "journey-inbox")):
+        source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                           value_serializer="raw")
+        app.agent(source, name=name)(project)
     return projection
