@@ -15,6 +15,8 @@ import pytest
 from journey.settings import Settings
 from journey.stack import KafkaStack, ensure_kafka
 from journey.worker import WorkerProcess, settings_env
+from projections.clickhouse.client import Warehouse, connect
+from projections.clickhouse.tables import TOUCHPOINTS, migrate
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +61,27 @@ def worker(kafka: str, settings: Settings) -> Iterator[WorkerProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def warehouse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("warehouse")
+
+
+@pytest.fixture(scope="module")
+def opened(warehouse_dir: Path) -> Iterator[Warehouse]:
+    # chDB hosts one folder per process: each module opens its own and closes it at the
+    # end, before the next module opens another.
+    warehouse = connect(f"chdb://{warehouse_dir}")
+    try:
+        migrate(warehouse)
+        yield warehouse
+    finally:
+        warehouse.close()
+
+
+@pytest.fixture
+def warehouse(opened: Warehouse) -> Warehouse:
+    """The module's warehouse with an empty touchpoints table."""
+    opened.command(f"TRUNCATE TABLE {TOUCHPOINTS}")
+    return opened

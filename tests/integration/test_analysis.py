@@ -8,9 +8,7 @@ import random
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +22,8 @@ from projections.clickhouse.analysis import (
     retention_sql,
     touchpoint_flows_sql,
 )
-from projections.clickhouse.client import Warehouse, connect
+from projections.clickhouse.client import Warehouse
 from projections.clickhouse.queries import run_readonly
-from projections.clickhouse.tables import TOUCHPOINTS, migrate
 from projections.clickhouse.writer import insert_touchpoints
 
 pytestmark = pytest.mark.integration
@@ -249,28 +246,7 @@ def expected_retention(
 
 
 # ---- the warehouse ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def warehouse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("analysis-warehouse")
-
-
-@pytest.fixture(scope="module")
-def opened(warehouse_dir: Path) -> Iterator[Warehouse]:
-    # chDB hosts one folder per process: this module's, closed before the next module runs
-    warehouse = connect(f"chdb://{warehouse_dir}")
-    try:
-        migrate(warehouse)
-        yield warehouse
-    finally:
-        warehouse.close()
-
-
-@pytest.fixture
-def warehouse(opened: Warehouse) -> Warehouse:
-    opened.command(f"TRUNCATE TABLE {TOUCHPOINTS}")
-    return opened
+# The warehouse fixtures (one chDB folder per module) come from conftest.py.
 
 
 def rows(warehouse: Warehouse, built: tuple[str, dict[str, Any]]) -> list[tuple[Any, ...]]:

@@ -6,16 +6,15 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from journey.cli import main
-from projections.clickhouse.client import Warehouse, connect
+from projections.clickhouse.client import Warehouse
 from projections.clickhouse.funnels import (
     Attribution,
     FunnelGroup,
@@ -28,7 +27,7 @@ from projections.clickhouse.funnels import (
     shape_funnel,
 )
 from projections.clickhouse.queries import run_readonly
-from projections.clickhouse.tables import TOUCHPOINTS, migrate
+from projections.clickhouse.tables import TOUCHPOINTS
 from projections.clickhouse.writer import insert_touchpoints
 
 pytestmark = pytest.mark.integration
@@ -347,28 +346,7 @@ def deepest_chain(tl: list[Ev], spec: FunnelSpec) -> int:
 
 
 # ---- the engine ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def warehouse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("funnel-warehouse")
-
-
-@pytest.fixture(scope="module")
-def opened(warehouse_dir: Path) -> Iterator[Warehouse]:
-    # chDB hosts one folder per process: the module shares one and closes it at the end.
-    warehouse = connect(f"chdb://{warehouse_dir}")
-    try:
-        migrate(warehouse)
-        yield warehouse
-    finally:
-        warehouse.close()
-
-
-@pytest.fixture
-def warehouse(opened: Warehouse) -> Warehouse:
-    opened.command(f"TRUNCATE TABLE {TOUCHPOINTS}")
-    return opened
+# The warehouse fixtures (one chDB folder per module) come from conftest.py.
 
 
 def funnel_of(warehouse: Warehouse, spec: FunnelSpec) -> list[FunnelGroup]:
