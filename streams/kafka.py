@@ -9,8 +9,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 
 from journey.errors import ServiceUnavailableError
 from streams.topics import TopicSpec
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Re-exported so callers never import aiokafka themselves.
 __all__ = [
+    "ConsumerRebalanceListener",
+    "DefaultPartitioner",
     "KafkaError",
     "TopicPartition",
     "create_topics",

@@ -21,15 +21,19 @@ import faust
 # The aiokafka imports outside streams/kafka.py: the group protocol calls back an
 # instance of this class (checked with isinstance), and record batches are routed with
 # the partitioner producer.send() would use.
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.partitioner import DefaultPartitioner
-
 from journey.settings import Settings
 from projections.ingest import Admitted, DedupWindow, admit
 from schemas.codec import encode_json
 from schemas.dead_letter import DeadLetter
 from streams.dedup import DedupState
-from streams.kafka import KafkaError, TopicPartition, make_consumer, make_producer
+from streams.kafka import (
+    ConsumerRebalanceListener,
+    DefaultPartitioner,
+    KafkaError,
+    TopicPartition,
+    make_consumer,
+    make_producer,
+)
 from streams.metrics import Metrics
 from streams.tables import Record
 from streams.topics import Topics
