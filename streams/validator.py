@@ -18,9 +18,6 @@ from typing import Any
 
 import faust
 
-# The aiokafka imports outside streams/kafka.py: the group protocol calls back an
-# instance of this class (checked with isinstance), and record batches are routed with
-# the partitioner producer.send() would use.
 from journey.settings import Settings
 from projections.ingest import Admitted, DedupWindow, admit
 from schemas.codec import encode_json
