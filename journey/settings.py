@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     topic_touchpoints: str = "touchpoints"
     topic_dlq: str = "touchpoints.dlq"
     topic_friction: str = "friction"
+    topic_alerts_dlq: str = "friction.alerts.dlq"
     topic_partitions: int = 4
 
     # the worker
@@ -48,6 +49,10 @@ class Settings(BaseSettings):
     sink_batch_size: int = 20000
     sink_enabled: bool = Field(True, description="run the ClickHouse sinks in this worker")
     journeys_enabled: bool = Field(True, description="run the journey projection here")
+    friction_enabled: bool = Field(True, description="run the friction detectors here")
+    friction_config: Path | None = Field(
+        None, description="TOML file of friction rule thresholds; unset = the documented defaults"
+    )
     sink_batch_seconds: float = 1.0
     store: str = Field(
         "rocksdb://", description="Faust table store: rocksdb:// (persistent) or memory://"

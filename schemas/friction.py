@@ -31,6 +31,10 @@ class FrictionEvent(BaseModel):
 
     friction_id: UuidText = Field(description="friction_id_for(rule, customer_key, evidence).")
     rule: str = Field(min_length=1, description="The rule that found it, e.g. repeat_contact.")
+    kind: str | None = Field(
+        default=None,
+        description="The rule's variant, e.g. first_response or resolution for sla_breach.",
+    )
     severity: Severity
     customer_key: str = Field(min_length=1, description="Canonical customer.")
     occurred_at: Timestamp = Field(
@@ -44,14 +48,21 @@ class FrictionEvent(BaseModel):
     message: str = Field(description="One human-readable sentence.")
 
 
-def friction_id_for(rule: str, customer_key: str, evidence_event_ids: Iterable[str]) -> str:
+def friction_id_for(rule: str, customer_key: str, evidence_event_ids: Iterable[str],
+                    kind: str | None = None) -> str:
     """The deterministic id of a friction: UUIDv5 of rule, customer key and evidence.
 
     The event ids are lowercased, de-duplicated and sorted first, so the id does
     not depend on the order in which the triggering events arrived (replays and
-    out-of-order delivery find the same friction again).
+    out-of-order delivery find the same friction again). `kind` separates two
+    variants of one rule on the same evidence (a case that misses both its
+    first-response and its resolution deadline); without it the id is the plain
+    [rule, customer_key, evidence] of EVENTS.md.
     """
     evidence = sorted({event_id.lower() for event_id in evidence_event_ids})
     # A JSON array keeps the parts apart whatever characters they contain.
-    name = orjson.dumps([rule, customer_key, evidence]).decode("utf-8")
+    parts: list[object] = [rule, customer_key, evidence]
+    if kind is not None:
+        parts.append(kind)
+    name = orjson.dumps(parts).decode("utf-8")
     return str(uuid.uuid5(FRICTION_NAMESPACE, name))

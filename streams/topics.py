@@ -31,6 +31,8 @@ class Topics:
     touchpoints: TopicSpec
     dlq: TopicSpec
     friction: TopicSpec
+    # friction alerts whose delivery failed past the retry budget
+    alerts_dlq: TopicSpec
     # internal to the engine, named after the app id so a replay starts them afresh
     journey_inbox: TopicSpec
     journey_states: TopicSpec
@@ -38,11 +40,13 @@ class Topics:
     identity_links: TopicSpec
     # the validator's dedup window: partition p holds what ingest partition p has seen
     dedup_window: TopicSpec
+    # the friction detectors' per-customer state and per-partition watermark
+    friction_state: TopicSpec
 
     def all(self) -> tuple[TopicSpec, ...]:
-        return (self.ingest, self.touchpoints, self.dlq, self.friction, self.journey_inbox,
-                self.journey_states, self.journey_transitions, self.identity_links,
-                self.dedup_window)
+        return (self.ingest, self.touchpoints, self.dlq, self.friction, self.alerts_dlq,
+                self.journey_inbox, self.journey_states, self.journey_transitions,
+                self.identity_links, self.dedup_window, self.friction_state)
 
 
 def topics(settings: Settings) -> Topics:
@@ -62,6 +66,10 @@ def topics(settings: Settings) -> Topics:
         ),
         friction=TopicSpec(
             settings.topic_friction, "customer key", "friction event JSON", n, dict(_FOREVER)
+        ),
+        alerts_dlq=TopicSpec(
+            settings.topic_alerts_dlq, "customer key",
+            "friction event JSON plus the sink and the last delivery error", n, dict(_FOREVER),
         ),
         journey_inbox=TopicSpec(
             f"{settings.projection_id}.journey-inbox", "person key",
@@ -86,5 +94,12 @@ def topics(settings: Settings) -> Topics:
             f"{settings.app_id}.dedup-window", "event id",
             "[first seen epoch s, ingest offset] JSON; tombstone = forgotten", n,
             {"cleanup.policy": "compact"},
+        ),
+        # Compacted: the latest state of each customer key (tombstone = nothing pending)
+        # and one watermark record per partition, written in the same transaction as the
+        # friction found and the consumed offsets.
+        friction_state=TopicSpec(
+            f"{settings.projection_id}.friction-state", "customer key (or the watermark key)",
+            "friction detector state JSON", n, {"cleanup.policy": "compact"},
         ),
     )

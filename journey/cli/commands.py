@@ -1,4 +1,17 @@
 """Imports every command module so that each registers its commands on the app."""
 
 # ruff: noqa: F401
-from journey.cli import analysis, demo, dlq, funnel, info, run, schema, sql, stack
+from journey.cli import (
+    alerts,
+    analysis,
+    cx,
+    demo,
+    dlq,
+    friction,
+    funnel,
+    info,
+    run,
+    schema,
+    sql,
+    stack,
+)

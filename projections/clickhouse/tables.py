@@ -24,7 +24,7 @@ TOUCHPOINTS = "touchpoints"
 JOURNEYS = "journeys"
 TRANSITIONS = "journey_transitions"
 IDENTITIES = "identities"
-# Reserved for a coming read model: FRICTION = "friction".
+FRICTION = "friction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +193,35 @@ ENGINE = ReplacingMergeTree(version)
 ORDER BY anonymous_id
 """
 
+# One row per friction found by the detectors (streams/friction.py), deduplicated on
+# friction_id: the id is a function of rule, customer_key and evidence, so the sorting key
+# (customer_key, friction_id) holds one row per friction however often it was written (a
+# replay, a sink retry). Readers say FINAL. `kind` is the rule's variant (first_response
+# or resolution for an sla_breach, ...), `evidence` the triggering touchpoints' event ids.
+_FRICTION_DDL = f"""
+CREATE TABLE IF NOT EXISTS {FRICTION}
+(
+    friction_id  String,
+    rule         LowCardinality(String),
+    kind         LowCardinality(String),
+    severity     LowCardinality(String),
+    customer_key String,
+    occurred_at  DateTime64(3, 'UTC'),
+    detected_at  DateTime64(3, 'UTC'),
+    stage        LowCardinality(String),
+    case_id      String,
+    channel      LowCardinality(String),
+    evidence     Array(String),
+    message      String,
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (customer_key, friction_id)
+"""
+
 # What `journey replay` empties and rebuilds from the event store.
-REBUILT_TABLES: tuple[str, ...] = (TOUCHPOINTS, JOURNEYS, TRANSITIONS, IDENTITIES)
+REBUILT_TABLES: tuple[str, ...] = (TOUCHPOINTS, JOURNEYS, TRANSITIONS, IDENTITIES, FRICTION)
 
 # The columns the journey projection writes per table (defaults fill the rest).
 READ_MODEL_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -237,12 +264,27 @@ READ_MODEL_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("conflicts", "UInt32"),
         ("version", "UInt64"),
     ),
+    FRICTION: (
+        ("friction_id", "String"),
+        ("rule", "LowCardinality(String)"),
+        ("kind", "LowCardinality(String)"),
+        ("severity", "LowCardinality(String)"),
+        ("customer_key", "String"),
+        ("occurred_at", "DateTime64(3, 'UTC')"),
+        ("detected_at", "DateTime64(3, 'UTC')"),
+        ("stage", "LowCardinality(String)"),
+        ("case_id", "String"),
+        ("channel", "LowCardinality(String)"),
+        ("evidence", "Array(String)"),
+        ("message", "String"),
+    ),
 }
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create touchpoints", (_TOUCHPOINTS_DDL,)),
     Migration(2, "create journeys, transitions and identities",
               (_JOURNEYS_DDL, _TRANSITIONS_DDL, _IDENTITIES_DDL)),
+    Migration(3, "create friction", (_FRICTION_DDL,)),
 )
 
 

@@ -1,0 +1,1 @@
+"""`journey alerts`: deliver friction events to console, file and webhook sinks."""
