@@ -56,6 +56,8 @@ async def projection_lags(settings: Settings) -> dict[str, int]:
         "transitions sink": (f"{faust_group}-sink-journey_transitions",
                              spec.journey_transitions.name),
         "identities sink": (f"{faust_group}-sink-identities", spec.identity_links.name),
+        "friction": (f"{faust_group}-friction", spec.touchpoints.name),
+        "friction sink": (f"{faust_group}-sink-friction", spec.friction.name),
     }
     return {name: await group_lag(settings.bootstrap, group, topic, n)
             for name, (group, topic) in pairs.items()}

@@ -10,6 +10,8 @@ from typing import Any
 import faust
 
 from journey.settings import Settings
+from projections.friction import load_config
+from streams.friction import FrictionDetector, install_friction
 from streams.journeys import install_journeys
 from streams.kafka import create_topics
 from streams.metrics import Metrics
@@ -32,6 +34,7 @@ class Engine:
     metrics: Metrics
     warehouse: Any = None
     sinks: list[ClickHouseSink] = field(default_factory=list)
+    friction: FrictionDetector | None = None
 
 
 def faust_broker(bootstrap: str) -> str:
@@ -41,6 +44,7 @@ def faust_broker(bootstrap: str) -> str:
 def create_engine(settings: Settings) -> Engine:
     from projections.clickhouse.client import connect
     from projections.clickhouse.tables import (
+        FRICTION,
         IDENTITIES,
         JOURNEYS,
         TOUCHPOINTS,
@@ -82,6 +86,9 @@ def create_engine(settings: Settings) -> Engine:
     if settings.journeys_enabled:
         install_journeys(app, settings, spec, engine.metrics, tables.journeys,
                          tables.identity_links)
+    if settings.friction_enabled:
+        engine.friction = install_friction(app, settings, spec, engine.metrics,
+                                           load_config(settings.friction_config))
 
     def sink_for(topic: str, table: str) -> ClickHouseSink:
         def insert(values: Any) -> int:
@@ -108,6 +115,7 @@ def create_engine(settings: Settings) -> Engine:
             sink_for(spec.journey_states.name, JOURNEYS),
             sink_for(spec.journey_transitions.name, TRANSITIONS),
             sink_for(spec.identity_links.name, IDENTITIES),
+            sink_for(spec.friction.name, FRICTION),
         ]
         await asyncio.gather(*(sink.run() for sink in engine.sinks))
 

@@ -33,9 +33,15 @@ __all__ = [
 
 
 def make_producer(bootstrap: str, *, linger_ms: int = 10, batch_bytes: int = 512 * 1024,
-                  client_id: str = "journey") -> AIOKafkaProducer:
-    """A producer that neither loses nor duplicates: acks=all and idempotence on."""
+                  client_id: str = "journey",
+                  transactional_id: str | None = None) -> AIOKafkaProducer:
+    """A producer that neither loses nor duplicates: acks=all and idempotence on.
+
+    With a `transactional_id` its sends and a group's offsets can be committed as one
+    transaction (readers use isolation_level=read_committed, as make_consumer's do).
+    """
     return AIOKafkaProducer(
+        transactional_id=transactional_id,
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",

@@ -20,6 +20,7 @@ class Metrics:
     written: int = 0  # touchpoint rows
     written_by_table: Counter[str] = field(default_factory=Counter)
     journey: Counter[str] = field(default_factory=Counter)
+    friction: Counter[str] = field(default_factory=Counter)  # friction events by rule
     sink_batches: int = 0
     sink_failures: int = 0
     send_failures: int = 0
@@ -36,6 +37,7 @@ class Metrics:
             "written": self.written,
             "written_by_table": dict(sorted(self.written_by_table.items())),
             "journey": dict(sorted(self.journey.items())),
+            "friction": dict(sorted(self.friction.items())),
             "sink_batches": self.sink_batches,
             "sink_failures": self.sink_failures,
             "send_failures": self.send_failures,

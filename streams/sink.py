@@ -51,6 +51,7 @@ class ClickHouseSink:
         self.batch_seconds = batch_seconds
         self.max_backoff = max_backoff
         self._stopping = asyncio.Event()
+        self._committed: dict[TopicPartition, int] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -63,16 +64,30 @@ class ClickHouseSink:
             while not self._stopping.is_set():
                 records, offsets = await self._collect(consumer)
                 if not offsets:
+                    await self._commit_skipped(consumer)
                     continue
                 written = await self._insert_until_done(records)
                 if written is None:
                     return  # stopping: leave the offsets uncommitted, the rows come again
                 await consumer.commit(offsets)
+                self._committed.update(offsets)
                 self.metrics.written_by_table[self.table] += written
                 if self.table == "touchpoints":
                     self.metrics.written += written
         finally:
             await consumer.stop()
+
+    async def _commit_skipped(self, consumer: Any) -> None:
+        """When idle, commit positions that moved past records-free batches only (the
+        commit markers ending a transaction), so an idle sink shows no lag."""
+        moved = {}
+        for tp in consumer.assignment():
+            position = await consumer.position(tp)
+            if position > self._committed.get(tp, -1):
+                moved[tp] = position
+        if moved:
+            await consumer.commit(moved)
+            self._committed.update(moved)
 
     async def _collect(self, consumer: Any) -> tuple[list[_Record], dict[TopicPartition, int]]:
         """Up to batch_size records, waiting at most batch_seconds for more to arrive."""
@@ -88,7 +103,9 @@ class ClickHouseSink:
                                          max_records=self.batch_size - len(records))
             for tp, messages in got.items():
                 records.extend(messages)
-                offsets[tp] = messages[-1].offset + 1
+                # The position, not last offset + 1: on a transactional topic (friction)
+                # it has also stepped over the commit markers, which no record reports.
+                offsets[tp] = max(messages[-1].offset + 1, await consumer.position(tp))
         return records, offsets
 
     async def _insert_until_done(self, records: list[_Record]) -> int | None:

@@ -22,15 +22,15 @@ from journey.settings import Settings
 from projections.ingest import Admitted, DedupWindow, admit
 from schemas.codec import encode_json
 from schemas.dead_letter import DeadLetter
-from streams.dedup import DedupState
-from streams.kafka import (
-    ConsumerRebalanceListener,
-    DefaultPartitioner,
-    KafkaError,
-    TopicPartition,
-    make_consumer,
-    make_producer,
+from streams.batch import (
+    FIRST_RETRY_SECONDS,
+    MAX_RETRY_SECONDS,
+    SHUTDOWN_SECONDS,
+    BatchService,
+    Rebalance,
 )
+from streams.dedup import DedupState
+from streams.kafka import DefaultPartitioner, KafkaError, make_consumer, make_producer
 from streams.metrics import Metrics
 from streams.tables import Record
 from streams.topics import Topics
@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY_SECONDS = 600.0
 POLL_MS = 200  # how long an idle validator waits for input before it looks at stop/sweep
-FIRST_RETRY_SECONDS = 0.2
-MAX_RETRY_SECONDS = 10.0
-SHUTDOWN_SECONDS = 20.0  # the batch in flight may finish; past this it is cancelled
 
 
 class ValidatorStateError(RuntimeError):
@@ -53,19 +50,18 @@ def validator_group(settings: Settings) -> str:
     return f"{settings.app_id}-validator"
 
 
-class Validator:
+class Validator(BatchService):
     """Routes the ingest topic in batches; commits a batch only once its outputs are safe.
 
-    Rebalances: the batch in flight holds `_lock`; a revocation waits for it (so its
-    offsets are committed while the partitions are still ours), then drops the dedup
-    windows and starts a new generation. An assignment restores the windows of the
-    assigned partitions from the changelog, under the lock, before any batch is routed.
-    A batch fetched before a rebalance is discarded: the new assignment resumes from the
-    committed offsets, so it comes again.
+    The per-partition state is the dedup window, restored from its changelog on each
+    assignment (the rebalance protocol is BatchService's).
     """
+
+    name = "validator"
 
     def __init__(self, settings: Settings, spec: Topics, metrics: Metrics, *,
                  sweep_seconds: float = SWEEP_EVERY_SECONDS) -> None:
+        super().__init__()
         self.settings = settings
         self.metrics = metrics
         self.ingest = spec.ingest.name
@@ -77,37 +73,15 @@ class Validator:
         self.dedup = DedupState(settings.bootstrap, spec.dedup_window.name,
                                 DedupWindow(settings.dedup_window_hours * 3600.0))
         self.commit_failures = 0  # batches routed again by the partitions' next owner
-        self.restore_failures = 0
-        self._consumer: Any = None
-        self._lock = asyncio.Lock()
-        self._generation = 0
-        self._ready = asyncio.Event()  # the current assignment's windows are restored
-        self._stopping = asyncio.Event()
-        self._done = asyncio.Event()
-        self._running = False
         self._next_sweep = 0.0
         self._partitioner = DefaultPartitioner()
-
-    def stop(self) -> None:
-        """Finish the batch in flight (unless its sends are failing), then stop."""
-        self._stopping.set()
-
-    async def wait_stopped(self, timeout: float = SHUTDOWN_SECONDS) -> bool:
-        """True once run() has returned; False if it is still busy after `timeout`."""
-        if not self._running:
-            return True
-        try:
-            await asyncio.wait_for(self._done.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     async def run(self) -> None:
         self._running = True
         self._done.clear()
         consumer = make_consumer(self.settings.bootstrap, group_id=self.group_id,
                                  max_poll_records=self.batch_size)
-        consumer.subscribe([self.ingest], listener=_Rebalance(self))
+        consumer.subscribe([self.ingest], listener=Rebalance(self))
         producer = make_producer(self.settings.bootstrap,
                                  client_id=f"{self.settings.app_id}-validator")
         self._consumer = consumer
@@ -217,13 +191,11 @@ class Validator:
             log.warning("send of %d of %d records failed (%s: %s); retrying in %.1fs",
                         len(failed), len(pending), type(error).__name__, error, delay)
             pending = failed
-            try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            if await self._pause(delay):
                 log.warning("stopping with %d records unsent: their batch stays uncommitted",
                             len(pending))
                 return False
-            except TimeoutError:
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
+            delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     async def _send_once(self, producer: Any,
                          records: list[Record]) -> tuple[list[Record], BaseException | None]:
@@ -303,79 +275,14 @@ class Validator:
                         ", ".join(f"{tp.topic}[{tp.partition}]@{o}"
                                   for tp, o in sorted(offsets.items())))
 
-    async def _wait_ready(self) -> bool:
-        """Wait until the assignment's windows are restored; False when stopping."""
-        if self._ready.is_set():
-            return True
-        stop = asyncio.ensure_future(self._stopping.wait())
-        ready = asyncio.ensure_future(self._ready.wait())
-        try:
-            await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            ready.cancel()
-        return self._ready.is_set() and not self._stopping.is_set()
+    def _drop_state(self, partitions: Iterable[int]) -> None:
+        self.dedup.drop(partitions)
 
-    async def on_revoked(self, revoked: Iterable[Any]) -> None:
-        self._ready.clear()
-        async with self._lock:  # the batch in flight commits while the partitions are ours
-            self._generation += 1
-            self.dedup.drop(tp.partition for tp in revoked)
+    def _all_partitions(self) -> list[int]:
+        return list(self.dedup.partitions)
 
-    async def on_assigned(self, assigned: Iterable[Any]) -> None:
-        # No new generation here: records fetched since the assignment took effect are
-        # this assignment's, and wait for the restore below rather than being dropped.
-        async with self._lock:
-            # Every assignment starts from scratch (aiokafka revokes all before it).
-            self.dedup.drop(list(self.dedup.partitions))
-            delay = FIRST_RETRY_SECONDS
-            while not self._stopping.is_set():
-                try:
-                    resume = await self._resume_offsets(assigned)
-                    await self.dedup.restore(resume)
-                except KafkaError as exc:
-                    self.restore_failures += 1
-                    log.warning("restoring the dedup window of %s failed (%s: %s); "
-                                "retrying in %.1fs", sorted(tp.partition for tp in assigned),
-                                type(exc).__name__, exc, delay)
-                    try:
-                        await asyncio.wait_for(self._stopping.wait(), delay)
-                    except TimeoutError:
-                        delay = min(delay * 2, MAX_RETRY_SECONDS)
-                    continue
-                self._ready.set()
-                return
-
-    async def _resume_offsets(self, assigned: Iterable[Any]) -> dict[int, int]:
-        """Where each assigned partition resumes: the committed offset, else its start."""
-        consumer = self._consumer
-        tps = sorted(assigned)
-        resume: dict[int, int] = {}
-        never = []
-        for tp in tps:
-            committed = await consumer.committed(tp)
-            if committed is None:
-                never.append(tp)
-            else:
-                resume[tp.partition] = committed
-        if never:
-            # Not yet committed: the group reads these partitions from their first offset.
-            starts = await consumer.beginning_offsets(never)
-            resume.update({tp.partition: starts[tp] for tp in never})
-        return resume
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """aiokafka's group callbacks, handed to the validator."""
-
-    def __init__(self, validator: Validator) -> None:
-        self.validator = validator
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.validator.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.validator.on_assigned(assigned)
+    async def _restore_state(self, assigned: list[Any]) -> None:
+        await self.dedup.restore(await self._resume_offsets(assigned))
 
 
 def install_validator(app: faust.App, settings: Settings, spec: Topics,

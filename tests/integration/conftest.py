@@ -42,6 +42,7 @@ def settings(stack_home: Path) -> Settings:
         topic_touchpoints=f"it-{run}.touchpoints",
         topic_dlq=f"it-{run}.touchpoints.dlq",
         topic_friction=f"it-{run}.friction",
+        topic_alerts_dlq=f"it-{run}.friction.alerts.dlq",
         sink_batch_seconds=0.3,
         **TEST_PORTS,
     )

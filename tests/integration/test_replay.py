@@ -31,6 +31,8 @@ SNAPSHOTS = {
     "journey_transitions": "SELECT * EXCEPT (version) FROM journey_transitions FINAL "
     "ORDER BY customer_key, occurred_at, transition_id",
     "identities": "SELECT * EXCEPT (version) FROM identities FINAL ORDER BY anonymous_id",
+    "friction": "SELECT * EXCEPT (detected_at, inserted_at) FROM friction FINAL "
+    "ORDER BY customer_key, friction_id",
 }
 
 
@@ -91,6 +93,7 @@ async def test_replay_rebuilds_the_same_tables(own: Settings, live_worker: Worke
     assert len(live["journeys"]) > 50
     assert len(live["journey_transitions"]) > 50
     assert live["identities"], "the workload links some anonymous ids"
+    assert len(live["friction"]) > 20, "the workload's service cases and checkouts hold friction"
     live_worker.stop()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEY_")}

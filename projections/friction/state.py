@@ -1,0 +1,143 @@
+"""What the friction rules remember about one customer, bounded, as plain immutable data.
+
+Times are epoch milliseconds of event time. Every part is bounded: cases by
+`max_cases` (the least recently touched go first) and `case_ttl`, checkouts by
+`max_checkouts`, purchases by `_PURCHASES_KEPT`, and the whole state is forgotten
+after `customer_ttl` without activity and without anything pending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+_PURCHASES_KEPT: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class CaseTrack:
+    """One support case as the rules see it."""
+
+    case_id: str
+    opened_at: int
+    channel: str
+    topic: str | None
+    first_event: str  # the event that opened the case (its first inbound contact)
+    contacts: int = 1  # inbound contacts so far
+    # the first inbound contact on each channel: channel -> event id
+    channels: tuple[tuple[str, str], ...] = ()
+    first_response_due: int | None = None  # None = answered in time, or already breached
+    resolution_due: int | None = None  # None = resolved in time, or already breached
+    resolution_from: str = ""  # the event that started the resolution clock
+    resolved: bool = False
+    escalations: int = 0
+    last_at: int = 0
+
+    def channel_ids(self) -> dict[str, str]:
+        return dict(self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id, "opened_at": self.opened_at, "channel": self.channel,
+            "topic": self.topic, "first_event": self.first_event, "contacts": self.contacts,
+            "channels": [list(c) for c in self.channels],
+            "first_response_due": self.first_response_due,
+            "resolution_due": self.resolution_due, "resolution_from": self.resolution_from,
+            "resolved": self.resolved, "escalations": self.escalations, "last_at": self.last_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseTrack:
+        return cls(
+            case_id=data["case_id"], opened_at=data["opened_at"], channel=data["channel"],
+            topic=data["topic"], first_event=data["first_event"], contacts=data["contacts"],
+            channels=tuple((c, e) for c, e in data["channels"]),
+            first_response_due=data["first_response_due"],
+            resolution_due=data["resolution_due"], resolution_from=data["resolution_from"],
+            resolved=data["resolved"], escalations=data["escalations"], last_at=data["last_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCheckout:
+    """A checkout that has not yet been followed by a purchase."""
+
+    at: int
+    event_id: str
+    cart_value: float
+    due: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A remembered moment: when and which event (a contact, a friction's evidence)."""
+
+    at: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrictionState:
+    """Everything the rules keep about one customer key."""
+
+    stage: str | None = None
+    has_purchased: bool = False
+    last_seen: int = 0
+    cases: tuple[CaseTrack, ...] = ()
+    checkouts: tuple[PendingCheckout, ...] = ()
+    purchases: tuple[int, ...] = ()  # recent purchase times, for late checkouts
+    last_contact: Mark | None = None
+    last_friction: Mark | None = None
+
+    def case(self, case_id: str) -> CaseTrack | None:
+        for case in self.cases:
+            if case.case_id == case_id:
+                return case
+        return None
+
+    def with_case(self, case: CaseTrack, limit: int) -> FrictionState:
+        """The state with `case` replaced or added, keeping the `limit` most recent cases."""
+        others = [c for c in self.cases if c.case_id != case.case_id]
+        others.append(case)
+        if len(others) > limit:
+            others.sort(key=lambda c: (c.last_at, c.case_id))
+            others = others[len(others) - limit:]
+        return _replace(self, cases=tuple(others))
+
+    def with_purchase(self, at: int) -> FrictionState:
+        kept = tuple(sorted((*self.purchases, at))[-_PURCHASES_KEPT:])
+        return _replace(self, purchases=kept)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage, "has_purchased": self.has_purchased,
+            "last_seen": self.last_seen, "cases": [c.to_dict() for c in self.cases],
+            "checkouts": [[c.at, c.event_id, c.cart_value, c.due] for c in self.checkouts],
+            "purchases": list(self.purchases),
+            "last_contact": _mark_dict(self.last_contact),
+            "last_friction": _mark_dict(self.last_friction),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FrictionState:
+        return cls(
+            stage=data["stage"], has_purchased=data["has_purchased"],
+            last_seen=data["last_seen"],
+            cases=tuple(CaseTrack.from_dict(c) for c in data["cases"]),
+            checkouts=tuple(PendingCheckout(a, e, v, d) for a, e, v, d in data["checkouts"]),
+            purchases=tuple(data["purchases"]),
+            last_contact=_mark_from(data["last_contact"]),
+            last_friction=_mark_from(data["last_friction"]),
+        )
+
+
+def _replace(state: FrictionState, **changes: Any) -> FrictionState:
+    return replace(state, **changes)
+
+
+def _mark_dict(mark: Mark | None) -> list[Any] | None:
+    return None if mark is None else [mark.at, mark.event_id]
+
+
+def _mark_from(data: list[Any] | None) -> Mark | None:
+    return None if data is None else Mark(data[0], data[1])
