@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from journey.demo_friction import friction_report, plant, print_friction
 from journey.errors import ServiceUnavailableError
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
@@ -44,6 +45,7 @@ class DemoReport:
     projection_seconds: float = 0.0
     projection_lags: dict[str, int] = field(default_factory=dict)
     expected: Any = None
+    friction: Any = None  # demo_friction.FrictionReport
 
     @property
     def dlq(self) -> int:
@@ -129,6 +131,8 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
         with console.status(f"generating the workload (seed {seed})"):
             workload = generate(customers, seed, start=start)
+        with console.status("planting friction journeys"):
+            planted = plant(settings, start, customers, timeout)
         report.expected = workload.expectation
         report.produced = len(workload.messages)
         before = _counters(settings)
@@ -157,6 +161,7 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
         report.funnel_by_channel = _funnel_by_channel(settings)
         report.paths_to_purchase = _paths_to_purchase(settings)
         report.stage_map = _stage_map(settings)
+        report.friction = friction_report(settings, planted)
     finally:
         if not keep_running:
             if worker is not None:
@@ -330,3 +335,5 @@ def print_report(report: DemoReport, console: Console) -> None:
             stages.add_row(source, target, f"{moves:,}", f"{buyers:,}",
                            "#" * max(1, round(30 * moves / largest)))
         console.print(stages)
+    if report.friction is not None:
+        print_friction(report.friction, console, _mark)
