@@ -41,11 +41,16 @@ def planted_start(workload_start: datetime) -> datetime:
 
 def plant(settings: Settings, workload_start: datetime, customers: int,
           timeout: float) -> PlantedFriction:
-    """Send the planted journeys (about one round per 300 customers) and wait until the
-    validator has read them, so the workload's counters that follow stay exact."""
+    """Send the planted journeys (about one round per 300 customers) and wait until they
+    are validated and stored, so the workload's counts that follow stay exact."""
     planted = plant_friction(planted_start(workload_start), rounds=max(1, customers // 300),
                              partitions=settings.topic_partitions)
-    before = int(require_worker(settings)["counters"]["read"])
+    def progress() -> int:  # planted events both validated and written to ClickHouse
+        counters = require_worker(settings)["counters"]
+        return min(int(counters["read"]) - before[0], int(counters["written"]) - before[1])
+
+    counters = require_worker(settings)["counters"]
+    before = (int(counters["read"]), int(counters["written"]))
 
     async def send() -> None:
         async with TouchpointProducer(settings) as producer:
@@ -54,10 +59,10 @@ def plant(settings: Settings, workload_start: datetime, customers: int,
 
     asyncio.run(send())
     deadline = time.monotonic() + timeout
-    while int(require_worker(settings)["counters"]["read"]) - before < len(planted.events):
+    while progress() < len(planted.events):
         if time.monotonic() > deadline:
             raise ServiceUnavailableError(
-                f"the validator did not read the {len(planted.events)} planted events within "
+                f"the {len(planted.events)} planted events were not stored within "
                 f"{timeout:.0f}s: see 'journey status'")
         time.sleep(0.25)
     return planted
