@@ -7,9 +7,9 @@ import sys
 import typer
 
 try:  # typer >= 0.25 carries its own copy of click
-    from typer._click import exceptions as cx
+    from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer on plain click
-    from click import exceptions as cx  # type: ignore[no-redef]
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from journey.errors import JourneyError
 
@@ -33,7 +33,7 @@ def _register() -> None:
     from journey.cli import commands  # noqa: F401
 
 
-def _help_hint(exc: cx.UsageError) -> str:
+def _help_hint(exc: click_exceptions.UsageError) -> str:
     path = exc.ctx.command_path if exc.ctx is not None else "journey"
     return f" (see '{path} --help')"
 
@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="journey", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except cx.NoArgsIsHelpError:
+    except click_exceptions.NoArgsIsHelpError:
         sys.exit(0)
-    except cx.UsageError as exc:
+    except click_exceptions.UsageError as exc:
         typer.echo(f"error: {exc.format_message()}{_help_hint(exc)}", err=True)
         sys.exit(2)
     except typer.Abort:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except cx.ClickException as exc:
+    except click_exceptions.ClickException as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except JourneyError as exc:

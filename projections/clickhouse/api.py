@@ -14,7 +14,14 @@ from projections.clickhouse.analysis import (
     stage_map_sql,
     touchpoint_flows_sql,
 )
-from projections.clickhouse.funnels import FunnelSpec, FunnelSpecError, parse_funnel
+from projections.clickhouse.cx import (
+    friction_impact_sql,
+    impact_funnel,
+    kpis_sql,
+    parse_grouping,
+    split_steps,
+)
+from projections.clickhouse.funnels import DEFAULT_WINDOW, FunnelSpec, FunnelSpecError, parse_funnel
 from projections.clickhouse.queries import Params
 
 
@@ -60,6 +67,13 @@ def _list(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
+def friction_impact_request(
+    *, funnel: Sequence[str] | None = None, window: str = DEFAULT_WINDOW, **options: Any
+) -> tuple[str, Params]:
+    """`friction_impact_sql` with its funnel given as step texts (`funnel=a,b[x=1]`)."""
+    return friction_impact_sql(impact_funnel(funnel, window), **options)
+
+
 Parser = Callable[[str], Any]
 _RANGE: dict[str, Parser] = {"since": _moment, "until": _moment}
 
@@ -72,6 +86,10 @@ ANALYSES: dict[str, tuple[Callable[..., tuple[str, Params]], dict[str, Parser]]]
     "retention": (retention_sql, {"cohort_event": str, "return_event": str, "period": Period,
                                   "periods": int, **_RANGE}),
     "customer": (customer_timeline_sql, {"customer": str, "limit": int}),
+    "kpis": (kpis_sql, {"by": parse_grouping, **_RANGE}),
+    "impact": (friction_impact_request, {"funnel": split_steps, "window": str,
+                                         "retention_from_days": int, "retention_to_days": int,
+                                         "revenue_days": int, "rules": _list, **_RANGE}),
 }
 
 
