@@ -27,6 +27,8 @@ class FrictionReport:
     missing: list[str] = field(default_factory=list)  # planted friction ids not found
     extra: list[str] = field(default_factory=list)  # found for planted customers, not planted
     by_rule: dict[str, dict[str, int]] = field(default_factory=dict)  # rule -> severity -> n
+    kpis: list[dict[str, Any]] = field(default_factory=list)  # per channel
+    impact: list[dict[str, Any]] = field(default_factory=list)  # per rule
 
     @property
     def exact(self) -> bool:
@@ -86,7 +88,41 @@ def friction_report(settings: Settings, planted: PlantedFriction | None) -> Fric
         report.found_planted = len(found & expected)
         report.missing = sorted(expected - found)
         report.extra = sorted(found - expected)
+    report.kpis = _kpis(settings)
+    report.impact = _impact(settings)
     return report
+
+
+def _kpis(settings: Settings) -> list[dict[str, Any]]:
+    from journey.cli.friction import friction_config
+    from journey.cli.sql import run_query
+    from projections.clickhouse.cx import kpi_records, kpis_sql, rule_deadlines
+
+    deadlines, default = rule_deadlines(friction_config(settings.friction_config).sla_breach)
+    sql, params = kpis_sql(by=("channel",), deadlines=deadlines, default_deadline=default)
+    columns, rows = run_query(settings, sql, params)
+    return kpi_records(columns, rows)
+
+
+def _impact(settings: Settings) -> list[dict[str, Any]]:
+    from journey.cli.sql import run_query
+    from projections.clickhouse.cx import friction_impact_sql
+
+    sql, params = friction_impact_sql()
+    columns, rows = run_query(settings, sql, params)
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.0%}"
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{float(value):,.{digits}f}"
+
+
+def _minutes(value: Any) -> str:
+    return "-" if value is None else f"{float(value) / 60:,.0f}m"
 
 
 def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
@@ -103,6 +139,36 @@ def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
                       f"{totals[rule]:,}",
                       "#" * max(1, round(24 * totals[rule] / largest)) if largest else "")
     console.print(table)
+    if report.kpis:
+        kpis = Table(title="CX metrics by channel (journey kpis)")
+        for name in ("channel", "cases", "CSAT", "NPS", "CES", "FCR", "1st resp p50",
+                     "SLA ok", "escalated", "repeat", "friction/1k"):
+            kpis.add_column(name, justify="left" if name == "channel" else "right")
+        for k in report.kpis:
+            kpis.add_row(str(k.get("channel") or "-"), f"{int(k['cases'] or 0):,}",
+                         _pct(k["csat"]), _num(k["nps"], 0), _num(k["ces"]), _pct(k["fcr"]),
+                         _minutes(k["first_response_median_seconds"]),
+                         _pct(k["sla_compliance"]), _pct(k["escalation_rate"]),
+                         _pct(k["repeat_contact_rate"]),
+                         _num(sum((k["friction_per_1000"] or {}).values()), 0))
+        console.print(kpis)
+    if report.impact:
+        impact = Table(title="what each friction costs (journey friction impact: affected vs "
+                             "comparable customers)")
+        for name in ("rule", "affected", "conversion", "vs", "retention", "vs",
+                     "revenue/customer", "vs", "lost revenue", ""):
+            impact.add_column(name, justify="left" if name in ("rule", "") else "right")
+        costliest = max((float(r["lost_revenue"] or 0) for r in report.impact), default=0.0)
+        for r in report.impact:
+            lost = float(r["lost_revenue"] or 0)
+            impact.add_row(str(r["rule"]), f"{int(r['affected']):,}",
+                           _pct(r["conversion_affected"]), _pct(r["conversion_comparison"]),
+                           _pct(r["retention_affected"]), _pct(r["retention_comparison"]),
+                           _num(r["revenue_per_customer_affected"]),
+                           _num(r["revenue_per_customer_comparison"]), _num(lost, 0),
+                           "[red]" + "#" * round(20 * lost / costliest) + "[/red]"
+                           if costliest > 0 and lost > 0 else "")
+        console.print(impact)
     if report.planted:
         console.print(
             f"planted friction: {report.found_planted} of {report.planted} found, "
