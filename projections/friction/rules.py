@@ -32,7 +32,13 @@ from projections.friction.config import (
     UnreachableHelpConfig,
     format_duration,
 )
-from projections.friction.state import CaseTrack, FrictionState, Mark, PendingCheckout
+from projections.friction.state import (
+    CaseTrack,
+    EarlyAnswer,
+    FrictionState,
+    Mark,
+    PendingCheckout,
+)
 from projections.journey import Stage, StageSignal, advance_stage, read_signal
 from schemas.commerce import CheckoutStartedProperties
 from schemas.feedback import ReviewProperties, SocialMentionProperties, SurveyResponseProperties
@@ -102,6 +108,8 @@ def track(state: FrictionState, tp: Touchpoint, config: FrictionConfig) -> Frict
             state = replace(state, last_contact=Mark(at, tp.event_id))
     if tp.case_id is None or not is_contact(tp):
         case = state.case(tp.case_id) if tp.case_id is not None else None
+        if case is None and tp.case_id is not None and _is_first_response(tp):
+            state = state.with_early(EarlyAnswer(tp.case_id, at, tp.type == "case_resolved"))
         if case is not None:
             resolved = _RESOLVED_AFTER.get(tp.type, case.resolved)
             state = state.with_case(
@@ -113,10 +121,12 @@ def track(state: FrictionState, tp: Touchpoint, config: FrictionConfig) -> Frict
     if case is None:
         topic = tp.properties.topic if isinstance(tp.properties, SupportContactProperties) \
             else "billing"
+        early = state.early_for(tp.case_id, at)
         case = CaseTrack(case_id=tp.case_id, opened_at=at, channel=channel, topic=topic,
                          first_event=tp.event_id, contacts=1,
                          channels=((channel, tp.event_id),), resolution_from=tp.event_id,
-                         last_at=at)
+                         resolved=any(e.resolves for e in early),
+                         last_at=max([at, *(e.at for e in early)]))
     else:
         channels = case.channels
         if channel not in case.channel_ids():
@@ -176,8 +186,15 @@ def detect_sla_breach(state: FrictionState, tp: Touchpoint, config: SlaBreachCon
     at = epoch_ms(tp)
     opened = _opened_by(state, tp)
     if opened is not None:
-        case = replace(case, first_response_due=at + config.first_response_ms(case.channel),
-                       resolution_due=at + config.resolution_ms(case.channel))
+        first_due: int | None = at + config.first_response_ms(case.channel)
+        resolution_due: int | None = at + config.resolution_ms(case.channel)
+        early = state.early_for(case.case_id, at)
+        if any(e.at <= at + config.first_response_ms(case.channel) for e in early):
+            first_due = None
+        if any(e.resolves and e.at <= at + config.resolution_ms(case.channel) for e in early):
+            resolution_due = None
+        case = replace(case, first_response_due=first_due, resolution_due=resolution_due)
+        state = replace(state, early=tuple(e for e in state.early if e.case_id != case.case_id))
     else:
         if _is_first_response(tp) and case.first_response_due is not None \
                 and at <= case.first_response_due:
@@ -465,7 +482,10 @@ def expire(state: FrictionState, watermark: int,
     cases = tuple(c for c in state.cases if not _forgettable(c, watermark, config))
     if cases != state.cases:
         state = replace(state, cases=cases)
-    if not state.cases and not state.checkouts \
+    early = tuple(e for e in state.early if e.at + config.case_ttl > watermark)
+    if early != state.early:
+        state = replace(state, early=early)
+    if not state.cases and not state.checkouts and not state.early \
             and state.last_seen + config.customer_ttl <= watermark:
         return None, found
     return state, found
@@ -493,4 +513,5 @@ def next_deadline(state: FrictionState, config: FrictionConfig) -> int:
     """
     moments = [m for case in state.cases for m in (_dues(case) or [_forget_at(case, config)])]
     moments.extend(c.due for c in state.checkouts)
+    moments.extend(e.at + config.case_ttl for e in state.early)
     return min(moments) if moments else state.last_seen + config.customer_ttl

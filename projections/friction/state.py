@@ -2,7 +2,8 @@
 
 Times are epoch milliseconds of event time. Every part is bounded: cases by
 `max_cases` (the least recently touched go first) and `case_ttl`, checkouts by
-`max_checkouts`, purchases by `_PURCHASES_KEPT`, and the whole state is forgotten
+`max_checkouts`, purchases by `_PURCHASES_KEPT`, early answers by `EARLY_KEPT` and
+`case_ttl`, and the whole state is forgotten
 after `customer_ttl` without activity and without anything pending.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 _PURCHASES_KEPT: Final = 10
+EARLY_KEPT: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,16 @@ class CaseTrack:
 
 
 @dataclass(frozen=True, slots=True)
+class EarlyAnswer:
+    """A response or resolution processed before its case's first contact (arrival out of
+    event-time order): kept until the case opens, so the case's clocks see it."""
+
+    case_id: str
+    at: int
+    resolves: bool  # a case_resolved, else a first response
+
+
+@dataclass(frozen=True, slots=True)
 class PendingCheckout:
     """A checkout that has not yet been followed by a purchase."""
 
@@ -86,6 +98,7 @@ class FrictionState:
     cases: tuple[CaseTrack, ...] = ()
     checkouts: tuple[PendingCheckout, ...] = ()
     purchases: tuple[int, ...] = ()  # recent purchase times, for late checkouts
+    early: tuple[EarlyAnswer, ...] = ()  # answers to cases not opened yet
     last_contact: Mark | None = None
     last_friction: Mark | None = None
 
@@ -104,6 +117,13 @@ class FrictionState:
             others = others[len(others) - limit:]
         return _replace(self, cases=tuple(others))
 
+    def with_early(self, answer: EarlyAnswer) -> FrictionState:
+        kept = sorted((*self.early, answer), key=lambda e: (e.at, e.case_id, e.resolves))
+        return _replace(self, early=tuple(kept[-EARLY_KEPT:]))
+
+    def early_for(self, case_id: str, since: int) -> list[EarlyAnswer]:
+        return [e for e in self.early if e.case_id == case_id and e.at >= since]
+
     def with_purchase(self, at: int) -> FrictionState:
         kept = tuple(sorted((*self.purchases, at))[-_PURCHASES_KEPT:])
         return _replace(self, purchases=kept)
@@ -114,6 +134,7 @@ class FrictionState:
             "last_seen": self.last_seen, "cases": [c.to_dict() for c in self.cases],
             "checkouts": [[c.at, c.event_id, c.cart_value, c.due] for c in self.checkouts],
             "purchases": list(self.purchases),
+            "early": [[e.case_id, e.at, e.resolves] for e in self.early],
             "last_contact": _mark_dict(self.last_contact),
             "last_friction": _mark_dict(self.last_friction),
         }
@@ -126,6 +147,7 @@ class FrictionState:
             cases=tuple(CaseTrack.from_dict(c) for c in data["cases"]),
             checkouts=tuple(PendingCheckout(a, e, v, d) for a, e, v, d in data["checkouts"]),
             purchases=tuple(data["purchases"]),
+            early=tuple(EarlyAnswer(c, a, r) for c, a, r in data.get("early", ())),
             last_contact=_mark_from(data["last_contact"]),
             last_friction=_mark_from(data["last_friction"]),
         )

@@ -967,3 +967,46 @@ def test_unreachable_help_depends_on_the_touchpoint_alone(plan: list[Step]) -> N
     after, found = detect_unreachable_help(state, probe, CONFIG.unreachable_help)
     assert after is state
     assert found == detect_unreachable_help(FrictionState(), probe, CONFIG.unreachable_help)[1]
+
+
+# --- answers that arrive before their case's first contact ----------------------------
+
+
+def test_an_answer_processed_before_the_contact_still_counts() -> None:
+    # Event time: contact at 0, answer at 5, resolved at 30; arrival: answer, resolved, contact.
+    state, found = run([touchpoint("agent_response", 5, 2, case_id="c1", channel="chat"),
+                        touchpoint("case_resolved", 30, 3, case_id="c1", channel="chat"),
+                        contact(0, 1, channel="chat")])
+    assert of_rule(found, "sla_breach") == []
+    assert state.early == (), "consumed by the case that opened"
+    case = state.case("c1")
+    assert case is not None and case.resolved
+    assert case.first_response_due is None and case.resolution_due is None
+    _, late = expired(state, 3 * D)
+    assert of_rule(late, "sla_breach") == []
+
+
+def test_an_early_answer_past_the_deadline_does_not_stop_the_clock() -> None:
+    state, _ = run([touchpoint("agent_response", 11, 2, case_id="c1", channel="chat"),
+                    contact(0, 1, channel="chat")])
+    _, found = expired(state, 11)
+    assert facts(found) == [("sla_breach", "first_response", MEDIUM, ms(10), (eid(1),), "c1",
+                             "chat")]
+
+
+def test_an_answer_dated_before_the_contact_is_not_its_response() -> None:
+    state, _ = run([touchpoint("agent_response", -5, 2, case_id="c1", channel="chat"),
+                    contact(0, 1, channel="chat")])
+    _, found = expired(state, 11)
+    assert [f.kind for f in found] == ["first_response"]
+
+
+def test_early_answers_are_bounded_and_forgotten() -> None:
+    answers = [touchpoint("agent_response", i, 100 + i, case_id=f"x{i}") for i in range(30)]
+    state, _ = run(answers)
+    assert len(state.early) == 20
+    assert {e.case_id for e in state.early} == {f"x{i}" for i in range(10, 30)}
+    assert FrictionState.from_dict(orjson.loads(orjson.dumps(state.to_dict()))) == state
+    assert next_deadline(state, CONFIG) == ms(10) + CONFIG.case_ttl
+    later, _ = expire(state, ms(40) + CONFIG.case_ttl + CONFIG.customer_ttl, CONFIG)
+    assert later is None
