@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -54,6 +54,7 @@ from streams.kafka import (
     create_topics,
     make_consumer,
     make_producer,
+    read_topic_to_end,
     unavailable,
 )
 from streams.topics import topics
@@ -949,63 +950,6 @@ def run_alerts_until_signalled(settings: Settings, config: AlertsConfig | None =
 # -- reading the alert dead-letter topic -------------------------------------------------
 
 
-async def read_topic_to_end(bootstrap: str, topic: str,
-                            on_record: Callable[[Any], Awaitable[None] | None], *,
-                            stall_timeout: float = 30.0) -> bool:
-    """Every record of `topic` from its start to its end offsets as of now; no group.
-
-    Returns False when the topic does not exist.
-    """
-    consumer = make_consumer(bootstrap, group_id=None, request_timeout_ms=20000)
-    try:
-        await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        await consumer.stop()
-        raise unavailable(bootstrap, exc) from exc
-    try:
-        # Listing first: asking for an unknown topic by name may auto-create it.
-        if topic not in await consumer.topics():
-            return False
-        # Without a group a subscription gets every partition once the metadata arrives;
-        # nothing is committed.
-        consumer.subscribe([topic])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONNECT_TIMEOUT
-        while not consumer.assignment():
-            if loop.time() > deadline:
-                raise ServiceUnavailableError(
-                    f"Kafka at {bootstrap} sent no partitions of {topic} in "
-                    f"{CONNECT_TIMEOUT:.0f}s: check 'journey stack status'")
-            await asyncio.sleep(0.05)
-        partitions = sorted(consumer.assignment())
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        pending = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
-        last_progress = loop.time()
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=500)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        result = on_record(record)
-                        if result is not None:
-                            await result
-            # Positions also move over transaction markers, which carry no record.
-            done = {tp for tp in pending if await consumer.position(tp) >= ends[tp]}
-            if batches or done:
-                last_progress = loop.time()
-            elif loop.time() - last_progress > stall_timeout:
-                raise ServiceUnavailableError(
-                    f"Kafka at {bootstrap} stopped delivering {topic} for "
-                    f"{stall_timeout:.0f}s: check 'journey stack status'")
-            pending -= done
-    except KafkaError as exc:
-        raise ServiceUnavailableError(
-            f"Kafka at {bootstrap} failed while reading {topic} ({_describe(exc)}): is it "
-            "still up? See 'journey stack status'") from exc
-    finally:
-        await consumer.stop()
-    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -55,14 +55,15 @@ def make_producer(bootstrap: str, *, linger_ms: int = 10, batch_bytes: int = 512
 
 
 def make_consumer(bootstrap: str, *topics: str, group_id: str | None,
-                  max_poll_records: int = 5000, **extra: Any) -> AIOKafkaConsumer:
+                  max_poll_records: int = 5000, auto_offset_reset: str = "earliest",
+                  **extra: Any) -> AIOKafkaConsumer:
     """A consumer that commits only when told to (commit after the work is safe)."""
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset=auto_offset_reset,
         max_poll_records=max_poll_records,
         fetch_max_bytes=32 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
@@ -121,3 +122,67 @@ async def group_lag(bootstrap: str, group_id: str, topic: str, partitions: int) 
         return lag
     finally:
         await consumer.stop()
+
+
+CONNECT_TIMEOUT = 15.0  # seconds for a one-off reader to reach the broker
+
+
+async def read_topic_to_end(bootstrap: str, topic: str,
+                            on_record: Callable[[Any], Awaitable[None] | None], *,
+                            stall_timeout: float = 30.0) -> bool:
+    """Hand every record of `topic`, from its start to its end offsets as of now, to
+    `on_record`. No group: nothing is committed and no group's position moves; records
+    arriving meanwhile are left out, so the read ends. False when the topic does not exist.
+    """
+    consumer = make_consumer(bootstrap, group_id=None, request_timeout_ms=20000)
+    try:
+        await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        await consumer.stop()
+        raise unavailable(bootstrap, exc) from exc
+    try:
+        # Listing first: asking for an unknown topic by name may auto-create it.
+        if topic not in await consumer.topics():
+            return False
+        # Without a group a subscription gets every partition once the metadata arrives.
+        consumer.subscribe([topic])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT
+        while not consumer.assignment():
+            if loop.time() > deadline:
+                raise ServiceUnavailableError(
+                    f"Kafka at {bootstrap} sent no partitions of {topic} in "
+                    f"{CONNECT_TIMEOUT:.0f}s: check 'journey stack status'")
+            await asyncio.sleep(0.05)
+        partitions = sorted(consumer.assignment())
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        pending = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        last_progress = loop.time()
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        result = on_record(record)
+                        if result is not None:
+                            await result
+            # Positions also move over transaction markers, which carry no record.
+            done = {tp for tp in pending if await consumer.position(tp) >= ends[tp]}
+            if batches or done:
+                last_progress = loop.time()
+            elif loop.time() - last_progress > stall_timeout:
+                stuck = min(pending)
+                raise ServiceUnavailableError(
+                    f"Kafka at {bootstrap} stopped delivering {topic} (partition "
+                    f"{stuck.partition} at offset {await consumer.position(stuck)} of "
+                    f"{ends[stuck]}) for {stall_timeout:.0f}s: check 'journey stack status'")
+            pending -= done
+    except KafkaError as exc:
+        what = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ServiceUnavailableError(
+            f"Kafka at {bootstrap} failed while reading {topic} ({what}): is it still up? "
+            "See 'journey stack status', start it with 'journey stack up'") from exc
+    finally:
+        await consumer.stop()
+    return True

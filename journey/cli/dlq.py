@@ -20,18 +20,14 @@ from rich.console import Console
 from rich.table import Table
 
 from journey.cli import app
-from journey.errors import ServiceUnavailableError
 from journey.settings import Settings
 from schemas.dead_letter import DeadLetter
-from streams.kafka import KafkaError, TopicPartition, make_consumer, unavailable
 
 RAW_PREVIEW_CHARS = 60
 # The reason shown for a record on the DLQ topic that is not a dead-letter record at all.
 UNREADABLE = "unreadable_dead_letter"
-CONNECT_TIMEOUT = 15.0
 # Give up when no partition moves towards its end offset for this long (broker gone).
 STALL_TIMEOUT = 30.0
-POLL_MS = 500
 
 
 class DlqFormat(StrEnum):
@@ -132,19 +128,6 @@ class DeadLetterTally:
         return [row for _, row in sorted(self._newest, key=lambda item: item[0])]
 
 
-async def _assigned(consumer: Any, timeout: float) -> list[TopicPartition]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (assignment := consumer.assignment()):
-        if loop.time() > deadline:
-            raise ServiceUnavailableError(
-                f"Kafka sent no partitions of {consumer.subscription()} in {timeout:.0f}s: "
-                "check 'journey stack status'"
-            )
-        await asyncio.sleep(0.05)
-    return sorted(assignment)
-
-
 async def read_dead_letters(
     bootstrap: str, topic: str, tally: DeadLetterTally, *, stall_timeout: float = STALL_TIMEOUT
 ) -> bool:
@@ -154,58 +137,13 @@ async def read_dead_letters(
     arrive while reading are left out, so the command ends. Returns False when the topic
     does not exist (nothing was ever refused).
     """
-    consumer = make_consumer(bootstrap, group_id=None, request_timeout_ms=20000)
-    try:
-        await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        await consumer.stop()
-        raise unavailable(bootstrap, exc) from exc
-    try:
-        # Listing topics first: asking for one by name may auto-create it on the broker.
-        if topic not in await consumer.topics():
-            return False
-        # Without a group, a subscription is assigned every partition of the topic once its
-        # metadata arrives; no group coordinator is involved and nothing is committed.
-        consumer.subscribe([topic])
-        partitions = await _assigned(consumer, CONNECT_TIMEOUT)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        pending = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
-        loop = asyncio.get_running_loop()
-        last_progress = loop.time()
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=POLL_MS)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        break
-                    tally.add(
-                        parse_dead_letter(
-                            tp.partition, record.offset, record.timestamp, record.value
-                        )
-                    )
-            # Positions also move over transaction markers, which carry no record.
-            done = {tp for tp in pending if await consumer.position(tp) >= ends[tp]}
-            if batches or done:
-                last_progress = loop.time()
-            elif loop.time() - last_progress > stall_timeout:
-                stuck = min(pending)
-                raise ServiceUnavailableError(
-                    f"Kafka at {bootstrap} stopped delivering {topic} (partition "
-                    f"{stuck.partition} at offset {await consumer.position(stuck)} of "
-                    f"{ends[stuck]}) for {stall_timeout:.0f}s: check 'journey stack status'"
-                )
-            pending -= done
-    except KafkaError as exc:
-        # connected, then lost: say what broke, on one line
-        what = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ServiceUnavailableError(
-            f"Kafka at {bootstrap} failed while reading {topic} ({what}): is it still up? "
-            "See 'journey stack status', start it with 'journey stack up'"
-        ) from exc
-    finally:
-        await consumer.stop()
-    return True
+    from streams.kafka import read_topic_to_end
+
+    def add(record: Any) -> None:
+        tally.add(parse_dead_letter(record.partition, record.offset, record.timestamp,
+                                    record.value))
+
+    return await read_topic_to_end(bootstrap, topic, add, stall_timeout=stall_timeout)
 
 
 @contextlib.contextmanager
