@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from journey.demo_friction import friction_report, plant, print_friction
+from journey.demo_friction import DemoAlerts, friction_report, plant, print_friction
 from journey.errors import ServiceUnavailableError
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
@@ -46,6 +46,7 @@ class DemoReport:
     projection_lags: dict[str, int] = field(default_factory=dict)
     expected: Any = None
     friction: Any = None  # demo_friction.FrictionReport
+    alerts: Any = None  # the demo alert consumer's counters (streams.alerts.AlertStats)
 
     @property
     def dlq(self) -> int:
@@ -111,7 +112,8 @@ def _wait_for_pipeline(settings: Settings, before: dict[str, Any], produced: int
 
 
 def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_running: bool,
-             timeout: float = 600.0, console: Console | None = None) -> DemoReport:
+             timeout: float = 600.0, console: Console | None = None,
+             alerts: str | None = None) -> DemoReport:
     console = console or Console()
     seed = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
     report = DemoReport(seed=seed)
@@ -127,7 +129,12 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
         console.print(f"worker: started at {settings.worker_url} (log {worker.log_path})")
     else:
         console.print(f"worker: already running at {settings.worker_url}")
+    alerting = DemoAlerts(settings, alerts, console) if alerts else None
     try:
+        if alerting is not None:
+            with console.status("starting an alert consumer"):
+                alerting.start()
+            console.print(f"alerts: friction of severity {alerts} or more is printed as found")
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
         with console.status(f"generating the workload (seed {seed})"):
             workload = generate(customers, seed, start=start)
@@ -162,6 +169,9 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
         report.paths_to_purchase = _paths_to_purchase(settings)
         report.stage_map = _stage_map(settings)
         report.friction = friction_report(settings, planted)
+        if alerting is not None:
+            alerting.stop()
+            report.alerts = alerting.stats
     finally:
         if not keep_running:
             if worker is not None:
@@ -337,3 +347,9 @@ def print_report(report: DemoReport, console: Console) -> None:
         console.print(stages)
     if report.friction is not None:
         print_friction(report.friction, console, _mark)
+    if report.alerts is not None:
+        sink = report.alerts.sinks.get("console")
+        if sink is not None:
+            console.print(f"alert consumer: read {report.alerts.read:,} friction events, "
+                          f"printed {sink.delivered:,}, below the severity {sink.filtered:,}, "
+                          f"throttled {sink.throttled:,}")

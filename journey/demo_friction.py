@@ -174,3 +174,56 @@ def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
             f"planted friction: {report.found_planted} of {report.planted} found, "
             f"{len(report.missing)} missing, {len(report.extra)} unplanted on planted "
             f"customers: {mark(report.exact)}")
+
+
+class DemoAlerts:
+    """An alert consumer printing to the console while the demo runs (`--alerts`), in a
+    thread of its own; it starts at the friction topic's end, so it shows this run only."""
+
+    def __init__(self, settings: Settings, min_severity: str, console: Console) -> None:
+        import threading
+
+        self.settings = settings
+        self.min_severity = min_severity
+        self.console = console
+        self.stats: Any = None
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-alerts", daemon=True)
+
+    def _run(self) -> None:
+        from schemas.friction import Severity
+        from streams.alerts import run_alerts
+        from streams.alerts_config import AlertFilter, AlertsConfig, ConsoleSinkConfig
+
+        config = AlertsConfig(sinks=(ConsoleSinkConfig(
+            name="console", filter=AlertFilter(min_severity=Severity(self.min_severity))),))
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.stats = await run_alerts(
+                self.settings, config, stop_event=self._stop, console=self.console,
+                group=f"{self.settings.app_id}-demo-alerts", from_beginning=False,
+                on_ready=self._ready.set)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by stop(), never lost in the thread
+            self.error = exc
+            self._ready.set()
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._thread.start()
+        self._ready.wait(timeout)
+        if self.error is not None:
+            raise self.error
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error

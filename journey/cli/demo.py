@@ -18,13 +18,19 @@ def demo(
     keep_running: Annotated[bool, typer.Option(
         "--keep-running", help="leave Kafka and the worker running afterwards")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the pipeline")] = 600.0,
+    alerts: Annotated[str | None, typer.Option(
+        help="also run an alert consumer printing friction of this severity or more "
+        "(low, medium, high, critical) to the console")] = None,
 ) -> None:
     """Bring up the stack, run a seeded workload through the engine and report."""
     from journey.demo import run_demo
 
     if customers < 1:
         raise ConfigurationError("--customers must be at least 1")
+    if alerts is not None and alerts not in ("low", "medium", "high", "critical"):
+        raise ConfigurationError(
+            f"--alerts: unknown severity {alerts!r}: use low, medium, high or critical")
     report = run_demo(Settings(), customers=customers, seed=seed, keep_running=keep_running,
-                      timeout=timeout)
+                      timeout=timeout, alerts=alerts)
     if not (report.balanced and report.rows_match):
         raise typer.Exit(1)
