@@ -41,24 +41,26 @@ class ReplayReport:
 
 
 async def projection_lags(settings: Settings) -> dict[str, int]:
-    """How far each projection consumer group is behind its input."""
+    """How far each projection consumer group this worker runs is behind its input."""
     from streams.kafka import group_lag
     from streams.topics import topics
 
     spec = topics(settings)
     n = settings.topic_partitions
     faust_group = settings.projection_id
-    pairs = {
-        "journeys": (faust_group, spec.touchpoints.name),
-        "journey inbox": (faust_group, spec.journey_inbox.name),
-        "touchpoints sink": (f"{faust_group}-sink-touchpoints", spec.touchpoints.name),
-        "journeys sink": (f"{faust_group}-sink-journeys", spec.journey_states.name),
-        "transitions sink": (f"{faust_group}-sink-journey_transitions",
-                             spec.journey_transitions.name),
-        "identities sink": (f"{faust_group}-sink-identities", spec.identity_links.name),
-        "friction": (f"{faust_group}-friction", spec.touchpoints.name),
-        "friction sink": (f"{faust_group}-sink-friction", spec.friction.name),
-    }
+    pairs: dict[str, tuple[str, str]] = {}
+    if settings.journeys_enabled:
+        pairs["journeys"] = (faust_group, spec.touchpoints.name)
+        pairs["journey inbox"] = (faust_group, spec.journey_inbox.name)
+    if settings.friction_enabled:
+        pairs["friction"] = (f"{faust_group}-friction", spec.touchpoints.name)
+    if settings.sink_enabled:
+        pairs["touchpoints sink"] = (f"{faust_group}-sink-touchpoints", spec.touchpoints.name)
+        pairs["journeys sink"] = (f"{faust_group}-sink-journeys", spec.journey_states.name)
+        pairs["transitions sink"] = (f"{faust_group}-sink-journey_transitions",
+                                     spec.journey_transitions.name)
+        pairs["identities sink"] = (f"{faust_group}-sink-identities", spec.identity_links.name)
+        pairs["friction sink"] = (f"{faust_group}-sink-friction", spec.friction.name)
     return {name: await group_lag(settings.bootstrap, group, topic, n)
             for name, (group, topic) in pairs.items()}
 
@@ -122,10 +124,24 @@ def replay(settings: Settings, *, keep_running: bool = False, timeout: float = 3
                 time.sleep(1.0)
         seconds = time.perf_counter() - started
         rows = _row_counts(fresh)
+        _forget_generations_before(fresh, console)
     finally:
         if not keep_running:
             worker.stop()
     return ReplayReport(fresh.generation or 0, total, seconds, rows)
+
+
+def _forget_generations_before(settings: Settings, console: Console) -> None:
+    """Delete the local state (RocksDB) of the generations the caught-up one replaces."""
+    import shutil
+
+    current = settings.generation or 0
+    for generation in range(current):
+        old = settings.model_copy(update={"generation": generation})
+        folder = settings.worker_dir / old.projection_id
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            console.print(f"removed the state of generation {generation} ({folder})")
 
 
 def _row_counts(settings: Settings) -> dict[str, int]:

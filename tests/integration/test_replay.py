@@ -112,3 +112,5 @@ async def test_replay_rebuilds_the_same_tables(own: Settings, live_worker: Worke
         assert len(replayed[name]) == len(live[name]), (name, len(replayed[name]), len(live[name]))
         assert replayed[name] == live[name], f"{name} differs after the replay"
     assert (own.home / "generation").read_text().strip() == "1"
+    assert not (own.worker_dir / own.app_id).exists(), "generation 0's state is removed"
+    assert (own.worker_dir / f"{own.app_id}-g1").is_dir()
