@@ -196,6 +196,7 @@ class FrictionDetector(BatchService):
             return
         for _, _, rule in events:
             self.metrics.friction[rule] += 1
+        self.metrics.friction_read += sum(len(m) for m in got.values())
 
     def _detect(self, got: dict[Any, list[Any]]) -> tuple[
             list[tuple[bytes, bytes, str]], dict[int, set[str]], dict[Any, int]]:

@@ -21,6 +21,7 @@ class Metrics:
     written_by_table: Counter[str] = field(default_factory=Counter)
     journey: Counter[str] = field(default_factory=Counter)
     friction: Counter[str] = field(default_factory=Counter)  # friction events by rule
+    friction_read: int = 0  # touchpoints the friction detectors committed
     sink_batches: int = 0
     sink_failures: int = 0
     send_failures: int = 0
@@ -38,6 +39,7 @@ class Metrics:
             "written_by_table": dict(sorted(self.written_by_table.items())),
             "journey": dict(sorted(self.journey.items())),
             "friction": dict(sorted(self.friction.items())),
+            "friction_read": self.friction_read,
             "sink_batches": self.sink_batches,
             "sink_failures": self.sink_failures,
             "send_failures": self.send_failures,

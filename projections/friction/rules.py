@@ -448,7 +448,7 @@ def detect(state: FrictionState | None, tp: Touchpoint, config: FrictionConfig) 
     state = track(state or FrictionState(), tp, config)
     found: list[Finding] = []
     for name, rule in RULE_FUNCTIONS.items():
-        if not config.rules()[name].enabled:
+        if not getattr(config, name).enabled:
             continue
         if name == "cancellation_after_contact" and found:
             state = _remember(state, found)
