@@ -44,7 +44,11 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, like bench/throu
     sys.path.insert(0, str(ROOT))
 
 from projections.clickhouse.client import Warehouse, connect  # noqa: E402
-from projections.clickhouse.funnels import funnel_query, parse_funnel  # noqa: E402
+from projections.clickhouse.funnels import (  # noqa: E402
+    funnel_query,
+    parse_funnel,
+    takes_chain_path,
+)
 from projections.clickhouse.queries import run_readonly  # noqa: E402
 from projections.clickhouse.tables import TOUCHPOINTS, migrate  # noqa: E402
 
@@ -332,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
             spec = parse_funnel(list(STEPS), window=WINDOW, breakdown="channel")
+            report["path"] = "chain" if takes_chain_path(spec) else "general walk"
             sql, params = funnel_query(spec)
 
             def run_ours() -> list[tuple[Any, ...]]:
@@ -392,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours (chDB " + machine["chdb"] + ")",
         f"{min(ours_times):.3f}",
         f"{statistics.median(ours_times):.3f}",
-        "funnel_query: per-person timeline + arrayFold walk",
+        "funnel_query, chain path: per-step time arrays + merge per step",
     )
     table.add_row(
         "DuckDB " + machine["duckdb"],

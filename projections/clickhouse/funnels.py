@@ -622,21 +622,26 @@ def _kills(spec: FunnelSpec) -> list[list[int]]:
     return table
 
 
-def _structure(spec: FunnelSpec, bind: _Binder) -> _Structure:
+def _structure(spec: FunnelSpec, bind: _Binder, chain: bool) -> _Structure:
     n = bind(len(spec.steps), "UInt8")
     windows = [
         _NO_STEP_WINDOW_MS if s.within_seconds is None else s.within_seconds * 1000
         for s in spec.steps
     ]
-    ordered = spec.order is not FunnelOrder.any  # only the ordered walk reads the rest
+    # the chain path reads n and the window only; of the walks, only the ordered one
+    # reads the rest
+    ordered = spec.order is not FunnelOrder.any and not chain
     return _Structure(
         n=n,
         steps_range=f"range(1, {n} + 1)",
-        window_ms=bind(spec.window_seconds * 1000, "Int64"),
+        # a one-step chain has no later step to hold to the window
+        window_ms=""
+        if chain and len(spec.steps) == 1
+        else bind(spec.window_seconds * 1000, "Int64"),
         candidates=bind(_candidates(spec), "Array(UInt64)") if ordered else "",
         step_window_ms=bind(windows, "Array(Int64)") if ordered else "",
         kills=bind(_kills(spec), "Array(Array(UInt64))") if ordered else "",
-        required=bind([int(r) for r in spec.required], "Array(UInt8)"),
+        required="" if chain else bind([int(r) for r in spec.required], "Array(UInt8)"),
     )
 
 
@@ -758,9 +763,125 @@ def _walks_cte(spec: FunnelSpec, s: _Structure) -> str:
 )"""
 
 
-def _breakdown_sql(spec: FunnelSpec) -> str:
+def takes_chain_path(spec: FunnelSpec) -> bool:
+    """Whether `funnel_query` answers the spec on the chain path (`_chains_cte`) rather
+    than the general walk: ordered steps (at most CHAIN_MAX_STEPS), none optional, no
+    per-step windows, no exclusions, and no breakdown or one attributed to the start or
+    the first touch."""
+    return (
+        spec.order is FunnelOrder.ordered
+        and len(spec.steps) <= CHAIN_MAX_STEPS
+        and not spec.exclusions
+        and all(not step.optional and step.within_seconds is None for step in spec.steps)
+        and (spec.breakdown is None or spec.breakdown.attribution is not Attribution.last_touch)
+    )
+
+
+# The chain path's SQL grows with the steps and the engine's planning time with its
+# square: at 32 steps the plan alone takes about a second, and the walk (whose SQL does
+# not grow with the steps) is as fast.
+CHAIN_MAX_STEPS = 16
+# Later than any DateTime64(3) in milliseconds, with room to double it in an Int64: the
+# time of a step that an attempt never reaches.
+_NEVER_MS = "toInt64(2305843009213693952)"
+
+
+def _next_times(previous: str, times: str) -> str:
+    """Per element of the sorted array `previous`, the earliest element of `times`
+    strictly later (_NEVER_MS when there is none).
+
+    One sort of both arrays merged, each time doubled so that its lowest bit says which
+    array it came from (a step time sorts before an equal previous time: strictly later),
+    then a split after every step time: each previous time in a piece takes the step time
+    that ends it. No lambda captures an array of the person's, and `previous` appears
+    once, so a chain of these grows the query by a constant per step.
+    """
+    merged = (
+        f"arraySort(arrayConcat(arrayMap(t -> t * 2, {times}), "
+        f"arrayMap(t -> t * 2 + 1, {previous})))"
+    )
+    return (
+        f"arrayFlatten(arrayMap(piece -> arrayMap(\n"
+        f"                x -> if(bitAnd(piece[-1], 1) = 0, intDiv(piece[-1], 2), {_NEVER_MS}),\n"
+        f"                arrayFilter(x -> bitAnd(x, 1) = 1, piece)),\n"
+        f"            arrayReverseSplit(x -> bitAnd(x, 1) = 0, {merged})))"
+    )
+
+
+def _chains_cte(spec: FunnelSpec, s: _Structure) -> str:
+    """CTEs `funnel_chains`, `funnel_levels` and `funnel_walks` of the chain path: per
+    person with a step-1 event, the attempt the general walk would count, found without
+    walking.
+
+    In a plain ordered funnel the greedy attempt from a start is a chain: its step q is
+    the person's earliest step-q event strictly later than its step q-1 (an ASOF match).
+    So the person's events go into one array of times per step (numbers only: no sort of
+    the whole timeline), and `at_q` holds, for every start in time order, the time of
+    step q of its attempt (`_next_times`, for all starts at once). An attempt reaches
+    step q while that time is within the window of its start. The deepest attempt counts,
+    ties to the earliest start; starts at one time make the same attempt, so among them
+    the one first in timeline order (the smallest event_id) gives the breakdown.
+    """
+    n = len(spec.steps)
+    # parallel arrays (every aggregate of a group sees its rows in the same order) are
+    # much cheaper to collect than one array of tuples
+    chains = ["groupArrayIf(ts, bitTest(steps, 0)) AS start_ms"]
+    chains += [f"groupArrayIf(ts, bitTest(steps, {q - 1})) AS times_{q}" for q in range(2, n + 1)]
+    carried: list[str] = []
+    if spec.breakdown is not None and spec.breakdown.attribution is Attribution.start:
+        chains += [
+            "groupArrayIf(event_id, bitTest(steps, 0)) AS start_ids",
+            "groupArrayIf(touch, bitTest(steps, 0)) AS start_touches",
+        ]
+        carried = ["start_ms", "start_ids", "start_touches"]
+    elif spec.breakdown is not None:  # first touch: the earliest non-empty value
+        chains.append("minIf((ts, event_id, touch), touch != '').3 AS first_touch")
+        carried = ["first_touch"]
+    at = [f"at_{q}" for q in range(1, n + 1)]
+    names = [f"at{q}" for q in range(1, n + 1)]  # the lambda's
+    within = "".join(f" + (at{q} - at1 <= {s.window_ms})" for q in range(2, n + 1))
+    sep = ",\n        "
+    nexts = "".join(
+        f"{sep}{_next_times(f'at_{q - 1}', f'times_{q}')} AS at_{q}" for q in range(2, n + 1)
+    )
+    return f"""funnel_chains AS (
+    SELECT
+        person,
+        {sep.join(chains)}
+    FROM funnel_events
+    GROUP BY person
+    HAVING length(start_ms) > 0
+),
+funnel_levels AS (
+    SELECT
+        person{"".join(f"{sep}{c}" for c in carried)},
+        arraySort(start_ms) AS at_1{nexts},
+        arrayMap(({", ".join(names)}) -> toUInt8(1{within}),
+            {", ".join(at)}) AS levels
+    FROM funnel_chains
+),
+funnel_walks AS (
+    SELECT
+        person,
+        {"".join(f"{c}{sep}" for c in carried)}levels,
+        -- the deepest attempt; among equals the earliest start (at_1 is sorted)
+        indexOf(levels, arrayMax(levels)) AS best,
+        levels[best] AS level,
+        [{", ".join(f"{a}[best]" for a in at)}] AS attempt_ms
+    FROM funnel_levels
+)"""
+
+
+def _breakdown_sql(spec: FunnelSpec, chain: bool) -> str:
     if spec.breakdown is None:
         return "''"
+    if chain:
+        if spec.breakdown.attribution is Attribution.first_touch:
+            return "first_touch"
+        # of the starts at the attempt's time, the first in timeline order (no lambda
+        # here captures a whole array of the person's)
+        first_id = "arrayMin(arrayFilter((id, t) -> t = attempt_ms[1], start_ids, start_ms))"
+        return f"start_touches[indexOf(arrayZip(start_ms, start_ids), (attempt_ms[1], {first_id}))]"
     if spec.breakdown.attribution is Attribution.first_touch:
         return "arrayFirst(v -> v != '', touches)"
     if spec.breakdown.attribution is Attribution.last_touch:
@@ -769,46 +890,63 @@ def _breakdown_sql(spec: FunnelSpec) -> str:
     return "touches[arrayMin(arrayFilter(a -> a > 0, best))]"
 
 
-def _people_cte(spec: FunnelSpec, s: _Structure) -> str:
+def _people_cte(spec: FunnelSpec, s: _Structure, chain: bool) -> str:
     """CTE `funnel_people`: per person, the steps reached, the times to reach them and
-    the breakdown value.
+    the breakdown value; the same columns on both paths.
 
     A step's completion time is the latest matched time among the steps up to it (in
     order modes that is its own time); "from previous" is the difference between
     consecutive completion times, "from first" the completion minus the earliest
     matched time up to the step.
     """
-    up_to = f"arrayFilter((t, a, q) -> a > 0 AND q <= step, step_ms, best, {s.steps_range})"
-    return f"""funnel_people AS (
-    SELECT
-        person,
-        {_reached("best", s)} AS reached,
+    if chain:
+        # an attempt's steps are reached in order and their times increase
+        steps = f"""arrayMap(q -> q <= level, {s.steps_range}) AS reached,
+        level,
+        arrayMap((t, q) -> if(q <= level, t, 0), attempt_ms, {s.steps_range}) AS step_ms,
+        arrayMap((t, q) -> if(q <= level, t, attempt_ms[level]), attempt_ms, {s.steps_range})
+            AS completed_ms,
+        arrayWithConstant({s.n}, attempt_ms[1]) AS began_ms,"""
+    else:
+        up_to = f"arrayFilter((t, a, q) -> a > 0 AND q <= step, step_ms, best, {s.steps_range})"
+        steps = f"""{_reached("best", s)} AS reached,
         arrayMax(arrayMap((r, q) -> if(r, q, 0), reached, {s.steps_range})) AS level,
         arrayMap(a -> if(a > 0, ts[a], 0), best) AS step_ms,
         arrayMap(step -> arrayMax({up_to}), {s.steps_range}) AS completed_ms,
-        arrayMap(step -> arrayMin({up_to}), {s.steps_range}) AS began_ms,
+        arrayMap(step -> arrayMin({up_to}), {s.steps_range}) AS began_ms,"""
+    return f"""funnel_people AS (
+    SELECT
+        person,
+        {steps}
         arrayMap((c, q) -> if(q = 1, 0, (c - completed_ms[q - 1]) / 1000),
             completed_ms, {s.steps_range}) AS seconds_since_previous,
         arrayMap((c, b) -> (c - b) / 1000, completed_ms, began_ms) AS seconds_since_first,
-        {_breakdown_sql(spec)} AS breakdown
+        {_breakdown_sql(spec, chain)} AS breakdown
     FROM funnel_walks
 )"""
 
 
-def _with(spec: FunnelSpec, params: Params) -> tuple[str, _Structure, _Binder]:
+def _with(
+    spec: FunnelSpec, params: Params, *, general: bool = False
+) -> tuple[str, _Structure, _Binder]:
+    """The CTEs up to `funnel_people` (with `identities`, which other builders reuse):
+    the chain path when the spec allows it and `general` is not set, else the walk."""
     bind = _Binder(params)
-    structure = _structure(spec, bind)
+    chain = not general and takes_chain_path(spec)
+    structure = _structure(spec, bind, chain)
+    person_ctes = (
+        [_chains_cte(spec, structure)] if chain else [_timelines_cte(), _walks_cte(spec, structure)]
+    )
     ctes = [
         _identities(params),
         _events_cte(spec, bind, params),
-        _timelines_cte(),
-        _walks_cte(spec, structure),
-        _people_cte(spec, structure),
+        *person_ctes,
+        _people_cte(spec, structure, chain),
     ]
     return "WITH\n" + ",\n".join(ctes), structure, bind
 
 
-def funnel_query(spec: FunnelSpec) -> tuple[str, Params]:
+def funnel_query(spec: FunnelSpec, *, general: bool = False) -> tuple[str, Params]:
     """People reaching each step, and the times between steps, per breakdown value.
 
     Strategy: per person (stitched as in `queries.funnel_sql`), the events of the step
@@ -818,8 +956,13 @@ def funnel_query(spec: FunnelSpec) -> tuple[str, Params]:
     person's other events. The timeline is then walked with arrayFold, once from every
     possible start event, over only the events inside that start's window.
 
-    `windowFunnel` is not used: it cannot skip optional steps, honour per-step windows or
-    exclusions, count one event for one step only, or say when each step happened.
+    A plain ordered funnel (`takes_chain_path`) skips the walk: the same attempts are
+    found as chains of earliest later steps over per-step arrays of times, for all starts
+    at once (`_chains_cte`); `general=True` forces the walk (tests compare both paths).
+
+    `windowFunnel` is not used: it gives only the deepest step, not which attempt reached
+    it (the breakdown's start) nor when each step happened, and it cannot skip optional
+    steps, honour per-step windows or exclusions, or count one event for one step only.
 
     Semantics of one attempt from a start event (a step-1 event; any step's event for
     `any` order), over the events within `window` after it (inclusive):
@@ -842,17 +985,18 @@ def funnel_query(spec: FunnelSpec) -> tuple[str, Params]:
     purchase[revenue>50]) are filled first come, not in the best assignment. For a
     plain ordered funnel, greedy from every start finds the deepest chain there is.
 
-    Cost: per person, for each start whose window holds an event that could move it,
-    the events in that window (ClickHouse also copies the person's arrays per start):
-    linear for ordinary journeys, quadratic for someone with thousands of step-1 events
-    in one window that do lead on.
+    Cost of the walk: per person, for each start whose window holds an event that could
+    move it, the events in that window (ClickHouse also copies the person's arrays per
+    start): linear for ordinary journeys, quadratic for someone with thousands of step-1
+    events in one window that do lead on. The chain path: one sort per step of the
+    person's starts and that step's events, whatever the window holds.
 
     Rows: breakdown, all_people (1 on the rows over everybody), step, people,
     seconds_from_previous and seconds_from_first as [median, p90] (exact, linearly
     interpolated; NaN when nobody reached the step); see `shape_funnel`.
     """
     params: Params = {}
-    with_sql, _, _ = _with(spec, params)
+    with_sql, _, _ = _with(spec, params, general=general)
     quantiles = ", ".join(str(p) for p in PERCENTILES)
     if spec.breakdown is None:
         group = "GROUP BY step"
@@ -882,20 +1026,24 @@ ORDER BY all_people DESC, breakdown, step
 
 
 def dropped_query(
-    spec: FunnelSpec, step: int, *, limit: int | None = DEFAULT_DROPPED_LIMIT
+    spec: FunnelSpec,
+    step: int,
+    *,
+    limit: int | None = DEFAULT_DROPPED_LIMIT,
+    general: bool = False,
 ) -> tuple[str, Params]:
     """The people who reached the required step before `step` but not `step` itself.
 
-    Same walk as `funnel_query`. Rows: person, breakdown, furthest_step (the deepest
-    step reached) and furthest_step_at (when it was reached), by person; at most
-    `limit` rows (None: all).
+    Same path as `funnel_query` (`general` likewise). Rows: person, breakdown,
+    furthest_step (the deepest step reached) and furthest_step_at (when it was reached),
+    by person; at most `limit` rows (None: all).
     """
     if not 2 <= step <= len(spec.steps):
         raise FunnelSpecError(f"--dropped-at takes a step from 2 to {len(spec.steps)}, got {step}")
     if limit is not None and limit < 1:
         raise FunnelSpecError(f"the limit must be positive, got {limit}")
     params: Params = {}
-    with_sql, _, bind = _with(spec, params)
+    with_sql, _, bind = _with(spec, params, general=general)
     before = bind(spec.previous_required(step), "UInt8")
     at = bind(step, "UInt8")
     limit_sql = f"\nLIMIT {bind(limit, 'UInt64')}" if limit is not None else ""

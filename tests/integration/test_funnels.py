@@ -25,6 +25,7 @@ from projections.clickhouse.funnels import (
     funnel_query,
     parse_funnel,
     shape_funnel,
+    takes_chain_path,
 )
 from projections.clickhouse.queries import run_readonly
 from projections.clickhouse.tables import TOUCHPOINTS
@@ -389,18 +390,47 @@ def people_at(groups: list[FunnelGroup], breakdown: str | None = None) -> list[i
     return [s.people for s in group.steps]
 
 
+def comparable(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows with NaN as None, so that equal results compare equal."""
+    return [
+        [[None if x != x else x for x in v] if isinstance(v, list | tuple) else v for v in row]
+        for row in rows
+    ]
+
+
+def check_paths(warehouse: Warehouse, spec: FunnelSpec) -> None:
+    """For a spec on the chain path: the general walk gives exactly the same rows, for
+    the funnel and for every drop-off list."""
+    if not takes_chain_path(spec):
+        return
+    chain = run_readonly(warehouse, *funnel_query(spec)).rows
+    walk = run_readonly(warehouse, *funnel_query(spec, general=True)).rows
+    assert comparable(chain) == comparable(walk), (spec, chain, walk)
+    for step in range(2, len(spec.steps) + 1):
+        assert dropped_rows(warehouse, spec, step) == dropped_rows(
+            warehouse, spec, step, general=True
+        ), (spec, step)
+
+
 def check(warehouse: Warehouse, records: list[Record], spec: FunnelSpec) -> list[FunnelGroup]:
-    """The engine's answer, after asserting it equals the reference's."""
+    """The engine's answer, after asserting it equals the reference's (and, on the chain
+    path, the general walk's)."""
     groups = funnel_of(warehouse, spec)
     actual, expected = summary_of(groups), expected_summary(records, spec)
     assert same(actual, expected), (actual, expected)
+    check_paths(warehouse, spec)
     return groups
 
 
 def dropped_rows(
-    warehouse: Warehouse, spec: FunnelSpec, step: int, limit: int | None = None
+    warehouse: Warehouse,
+    spec: FunnelSpec,
+    step: int,
+    limit: int | None = None,
+    *,
+    general: bool = False,
 ) -> list[tuple[Any, ...]]:
-    return run_readonly(warehouse, *dropped_query(spec, step, limit=limit)).rows
+    return run_readonly(warehouse, *dropped_query(spec, step, limit=limit, general=general)).rows
 
 
 # ---- order modes -----------------------------------------------------------------------
@@ -942,6 +972,95 @@ def test_random_journeys_against_the_reference(warehouse: Warehouse, seed: int) 
             )
 
 
+# ---- the chain path against the general walk ------------------------------------------
+
+CHAIN_SPECS: list[dict[str, Any]] = [
+    {"steps": ["site_visit", "add_to_cart", "purchase"], "window": "1d", "breakdown": "channel"},
+    {"steps": ["site_visit", "product_view", "add_to_cart", "purchase"], "window": "6h"},
+    {"steps": ["page_view", "page_view", "page_view"], "window": "2d", "breakdown": "channel"},
+    {
+        "steps": ["site_visit[utm_campaign!=autumn]", "purchase[revenue>=50]"],
+        "window": "3d",
+        "breakdown": "utm_campaign",
+        "attribution": "first-touch",
+    },
+    {"steps": ["purchase"], "breakdown": "channel"},
+    {"steps": ["site_visit"]},
+    {
+        "steps": ["site_visit", "add_to_cart", "site_visit", "purchase"],
+        "window": "2h",
+        "breakdown": "channel",
+        "since": T0 + timedelta(hours=6),
+        "until": T0 + timedelta(days=1),
+    },
+]
+
+
+def crowded_records(rng: random.Random, people: int) -> list[Record]:
+    """Journeys on a coarse clock (whole hours over two days): many events share a time,
+    so ties between starts and between steps are common."""
+    kinds = ["site_visit", "product_view", "add_to_cart", "purchase", "page_view"]
+    records: list[Record] = []
+    for n in range(people):
+        for _ in range(rng.randrange(1, 16)):
+            kind = rng.choice(kinds)
+            properties: dict[str, Any] = {}
+            if kind == "purchase":
+                properties = {"revenue": rng.choice([5, 50, 75.5])}
+            if kind == "site_visit" and rng.random() < 0.7:
+                properties = {"utm_campaign": rng.choice(["spring", "summer", "autumn"])}
+            at = T0 + timedelta(hours=rng.randrange(0, 48))
+            channel = rng.choice(CHANNELS)
+            records.append(event(f"k{n}", kind, at, channel=channel, properties=properties))
+    return records
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_chain_path_equals_the_walk_and_the_reference(warehouse: Warehouse, seed: int) -> None:
+    rng = random.Random(seed)
+    records = random_records(rng, people=200) + crowded_records(rng, people=200)
+    insert_touchpoints(warehouse, records)
+    for kw in CHAIN_SPECS:
+        spec = parse_funnel(**kw)
+        assert takes_chain_path(spec), kw
+        check(warehouse, records, spec)  # the reference, and both paths alike
+        for step in range(2, len(spec.steps) + 1):
+            assert dropped_rows(warehouse, spec, step) == expected_dropped(records, spec, step)
+
+
+def test_chain_path_ties_and_edges(warehouse: Warehouse) -> None:
+    window = timedelta(hours=1)
+    records = [
+        # two starts at one time: the smaller event_id comes first and gives the channel
+        event("t1", "site_visit", T0, channel="email", event_id="t1-b"),
+        event("t1", "site_visit", T0, channel="phone", event_id="t1-a"),
+        event("t1", "purchase", T0 + MIN),
+        # a step at its start's time is not after it; exactly at the window's end counts
+        event("t2", "site_visit", T0, channel="web"),
+        event("t2", "purchase", T0),
+        event("t2", "purchase", T0 + window),
+        # the earliest start goes nowhere, a later one converts: its channel counts
+        event("t3", "site_visit", T0, channel="web"),
+        event("t3", "site_visit", T0 + 2 * window, channel="email"),
+        event("t3", "purchase", T0 + 2 * window + MIN),
+        # one millisecond past the window: not converted, channel of the first start
+        event("t4", "site_visit", T0, channel="mobile_app"),
+        event("t4", "site_visit", T0 + timedelta(milliseconds=1), channel="phone"),
+        event("t4", "purchase", T0 + window + timedelta(milliseconds=2)),
+    ]
+    insert_touchpoints(warehouse, records)
+    spec = parse_funnel(["site_visit", "purchase"], window="1h", breakdown="channel")
+    assert takes_chain_path(spec)
+    groups = check(warehouse, records, spec)
+    assert {g.breakdown: people_at(groups, g.breakdown) for g in groups} == {
+        None: [4, 3],
+        "email": [1, 1],
+        "phone": [1, 1],
+        "web": [1, 1],
+        "mobile_app": [1, 0],
+    }
+
+
 # ---- the command -----------------------------------------------------------------------
 
 
@@ -1009,9 +1128,12 @@ def test_cli_outputs(
 def test_cli_show_sql_and_errors(cli_env: Warehouse, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "site_visit", "purchase[revenue>50]", "--show-sql")
     assert code == 0
-    assert "funnel_walks AS" in out and "arrayFold" in out
+    assert "funnel_chains AS" in out and "arrayFold" not in out  # the chain path
     assert out.splitlines()[-1].startswith("-- parameters: {")
     assert "revenue" not in out.split("-- parameters:")[0]  # bound, not spliced
+    code, out, _ = run_cli(capsys, "site_visit", "?product_view", "purchase", "--show-sql")
+    assert code == 0
+    assert "funnel_walks AS" in out and "arrayFold" in out  # the general walk
     code, _, err = run_cli(capsys, "site_visit", "purchse")
     assert code == 1
     assert err.strip().splitlines() == [

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from projections.clickhouse.funnels import (
+    CHAIN_MAX_STEPS,
     MAX_STEPS,
     Attribution,
     Breakdown,
@@ -28,6 +29,7 @@ from projections.clickhouse.funnels import (
     parse_funnel,
     parse_step,
     shape_funnel,
+    takes_chain_path,
 )
 from projections.clickhouse.queries import check_readonly
 
@@ -335,13 +337,18 @@ def all_specs() -> list[FunnelSpec]:
     ]
 
 
+@pytest.mark.parametrize("general", [False, True])
 @pytest.mark.parametrize("spec", all_specs())
-def test_sql_shape(spec: FunnelSpec) -> None:
-    sql, params = funnel_query(spec)
+def test_sql_shape(spec: FunnelSpec, general: bool) -> None:
+    sql, params = funnel_query(spec, general=general)
     assert check_readonly(sql)  # passes the read-only gate that journey sql uses
-    for cte in ("identities", "funnel_events", "funnel_timelines", "funnel_walks", "funnel_people"):
+    chain = takes_chain_path(spec) and not general
+    path = ("funnel_chains", "funnel_walks") if chain else ("funnel_timelines", "funnel_walks")
+    for cte in ("identities", "funnel_events", *path, "funnel_people"):
         assert f"{cte} AS (" in sql
-    assert "arrayFold" in sql and "windowFunnel" not in sql
+    assert ("arrayFold" in sql) == (not chain)
+    assert ("arrayReverseSplit" in sql) == (chain and len(spec.steps) > 1)
+    assert "windowFunnel" not in sql
     assert "FROM touchpoints FINAL" in sql
     assert "quantilesExactInclusiveIf(0.5, 0.9)" in sql
     assert ("GROUPING SETS" in sql) == (spec.breakdown is not None)
@@ -352,12 +359,55 @@ def test_sql_shape(spec: FunnelSpec) -> None:
     assert ("type IN {" in sql) == (not reads_every_type)
     assert ("(r AND " in sql) == (spec.order is FunnelOrder.strict)
     dropped, dropped_params = (
-        dropped_query(spec, len(spec.steps)) if len(spec.steps) > 1 else ("", {})
+        dropped_query(spec, len(spec.steps), general=general) if len(spec.steps) > 1 else ("", {})
     )
     if dropped:
         assert check_readonly(dropped)
         assert bound_names(dropped) == set(dropped_params)
         assert "ORDER BY person" in dropped and "LIMIT {" in dropped
+        assert ("funnel_chains AS (" in dropped) == chain
+
+
+@pytest.mark.parametrize(
+    ("steps", "options", "chain"),
+    [
+        (["site_visit", "add_to_cart", "purchase"], {}, True),
+        (["site_visit[utm_campaign=spring]", "purchase[revenue>50]"], {"window": "1h"}, True),
+        (["page_view"] * CHAIN_MAX_STEPS, {}, True),
+        (["page_view"] * (CHAIN_MAX_STEPS + 1), {}, False),
+        (["purchase"], {"breakdown": "channel"}, True),
+        (
+            ["site_visit", "purchase"],
+            {"breakdown": "utm_campaign", "attribution": "first-touch"},
+            True,
+        ),
+        (["site_visit", "purchase"], {"breakdown": "channel", "attribution": "last-touch"}, False),
+        (["site_visit", "purchase"], {"order": "strict"}, False),
+        (["site_visit", "purchase"], {"order": "any"}, False),
+        (["site_visit", "?product_view", "purchase"], {}, False),
+        (["site_visit", "purchase<=1h"], {}, False),
+        (["site_visit", "!refund", "purchase"], {}, False),
+        (["site_visit", "purchase"], {"exclude": ["refund"]}, False),
+    ],
+)
+def test_which_specs_take_the_chain_path(
+    steps: list[str], options: dict[str, Any], chain: bool
+) -> None:
+    spec = parse_funnel(steps, **options)
+    assert takes_chain_path(spec) is chain
+    sql, params = funnel_query(spec)
+    assert ("funnel_chains AS (" in sql) is chain
+    assert bound_names(sql) == set(params)
+
+
+def test_the_chain_path_grows_by_a_constant_per_step() -> None:
+    # each step names the previous step's times once: the SQL (and the engine's query
+    # tree) does not double with every step
+    sizes = [len(funnel_query(parse_funnel(["page_view"] * n))[0]) for n in (2, 3, 16)]
+    per_step = sizes[1] - sizes[0]
+    assert sizes[2] - sizes[0] < 14 * per_step * 1.2
+    sql, _ = funnel_query(parse_funnel(["page_view"] * CHAIN_MAX_STEPS))
+    assert sql.count("arrayReverseSplit") == CHAIN_MAX_STEPS - 1
 
 
 def test_every_user_value_is_bound() -> None:
@@ -371,13 +421,26 @@ def test_every_user_value_is_bound() -> None:
         breakdown=f'"{HOSTILE}"',
     )
     assert spec.steps[1].filters[0].field.name == quoted_name
-    for sql, params in (funnel_query(spec), dropped_query(spec, 2, limit=5)):
+    plain = parse_funnel(
+        [
+            f'site_visit[utm_campaign="{HOSTILE}",url~"{HOSTILE}"]',
+            f'purchase["{quoted_name.replace(chr(34), chr(92) + chr(34))}">=12.5]',
+        ],
+        breakdown=f'"{HOSTILE}"',
+        attribution="first-touch",
+    )
+    assert not takes_chain_path(spec) and takes_chain_path(plain)
+    built = [funnel_query(spec), dropped_query(spec, 2, limit=5)]
+    built += [funnel_query(plain), dropped_query(plain, 2, limit=5)]
+    for sql, params in built:
         assert HOSTILE not in sql and "DROP" not in sql
         assert quoted_name not in sql and "it's" not in sql and "12.5" not in sql
         values = list(params.values())
         assert HOSTILE in values and quoted_name in values and 12.5 in values
-        assert ["purchase", "refund", "site_visit"] in values  # the types read
+        assert "site_visit" in values and "purchase" in values
         check_readonly(sql)
+    # the types read (the plain spec reads every type: first-touch looks at all events)
+    assert ["purchase", "refund", "site_visit"] in funnel_query(spec)[1].values()
 
 
 def test_operators_come_from_the_whitelist() -> None:
