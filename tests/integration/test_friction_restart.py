@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +18,7 @@ from streams.friction import FrictionDetector, friction_group
 from streams.kafka import create_topics, group_lag, make_producer
 from streams.metrics import Metrics
 from streams.topics import topics
-from tests.integration.helpers import read_topic, wait_for
+from tests.integration.helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -47,22 +49,39 @@ async def fill(settings: Settings, planted: PlantedFriction) -> None:
         await producer.stop()
 
 
+class StopAt(Metrics):
+    """Counters that call `then` as soon as the detector has committed `at` touchpoints:
+    from inside the detector's own task, so the stop lands mid-stream, not after it."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.then: Callable[[], None] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        then = getattr(self, "then", None)
+        if name == "friction_read" and then is not None and value >= self.at:
+            self.then = None
+            then()
+
+
 async def run_until(settings: Settings, done: int, *, crash: bool) -> int:
     """Run a detector until it has committed `done` touchpoints; then stop it gracefully
-    or cancel it as a crash would (its open transaction is never committed)."""
-    metrics = Metrics()
+    or cancel it as a crash would (its next transaction is never committed)."""
+    metrics = StopAt(done)
     detector = FrictionDetector(settings, topics(settings), metrics, FrictionConfig())
     task = asyncio.create_task(detector.run())
-    await wait_for(lambda: metrics.friction_read >= done or task.done(), 60,
-                   f"{done} touchpoints through the detector")
-    if crash:
+
+    def crash_now() -> None:
         task.cancel()
+
+    metrics.then = crash_now if crash else detector.stop
+    if crash:
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await asyncio.wait_for(task, 60)
     else:
-        detector.stop()
-        assert await detector.wait_stopped()
-        await task
+        await asyncio.wait_for(task, 60)
     return metrics.friction_read
 
 
