@@ -168,7 +168,7 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
         report.funnel_by_channel = _funnel_by_channel(settings)
         report.paths_to_purchase = _paths_to_purchase(settings)
         report.stage_map = _stage_map(settings)
-        report.friction = friction_report(settings, planted)
+        report.friction = friction_report(settings, planted, since=start)
         if alerting is not None:
             alerting.stop()
             report.alerts = alerting.stats

@@ -70,7 +70,10 @@ def plant(settings: Settings, workload_start: datetime, customers: int,
     return planted
 
 
-def friction_report(settings: Settings, planted: PlantedFriction | None) -> FrictionReport:
+def friction_report(settings: Settings, planted: PlantedFriction | None,
+                    since: datetime | None = None) -> FrictionReport:
+    """Friction counts, the planted check, the KPIs and the impact table; the KPIs and
+    the impact cover the workload from `since` (the planted journeys lie before it)."""
     from journey.cli.sql import run_query
 
     report = FrictionReport()
@@ -88,27 +91,30 @@ def friction_report(settings: Settings, planted: PlantedFriction | None) -> Fric
         report.found_planted = len(found & expected)
         report.missing = sorted(expected - found)
         report.extra = sorted(found - expected)
-    report.kpis = _kpis(settings)
-    report.impact = _impact(settings)
+    report.kpis = _kpis(settings, since)
+    report.impact = _impact(settings, since)
     return report
 
 
-def _kpis(settings: Settings) -> list[dict[str, Any]]:
+def _kpis(settings: Settings, since: datetime | None) -> list[dict[str, Any]]:
     from journey.cli.friction import friction_config
     from journey.cli.sql import run_query
     from projections.clickhouse.cx import kpi_records, kpis_sql, rule_deadlines
 
     deadlines, default = rule_deadlines(friction_config(settings.friction_config).sla_breach)
-    sql, params = kpis_sql(by=("channel",), deadlines=deadlines, default_deadline=default)
+    sql, params = kpis_sql(by=("channel",), since=since, deadlines=deadlines,
+                           default_deadline=default)
     columns, rows = run_query(settings, sql, params)
     return kpi_records(columns, rows)
 
 
-def _impact(settings: Settings) -> list[dict[str, Any]]:
+def _impact(settings: Settings, since: datetime | None) -> list[dict[str, Any]]:
     from journey.cli.sql import run_query
     from projections.clickhouse.cx import friction_impact_sql
 
-    sql, params = friction_impact_sql()
+    # The workload spans 30 days: windows that fit in it (the defaults are 30-60 days).
+    sql, params = friction_impact_sql(since=since, retention_from_days=7,
+                                      retention_to_days=21, revenue_days=21)
     columns, rows = run_query(settings, sql, params)
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
@@ -154,7 +160,8 @@ def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
         console.print(kpis)
     if report.impact:
         impact = Table(title="what each friction costs (journey friction impact: affected vs "
-                             "comparable customers)")
+                             "comparable customers; retention: active 7-21 days later, "
+                             "revenue: within 21 days)")
         for name in ("rule", "affected", "conversion", "vs", "retention", "vs",
                      "revenue/customer", "vs", "lost revenue", ""):
             impact.add_column(name, justify="left" if name in ("rule", "") else "right")

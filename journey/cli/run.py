@@ -38,7 +38,8 @@ def worker(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
 ) -> None:
-    """Show the worker's counters: read, valid, invalid by reason, duplicates, written."""
+    """Show the worker's counters: read, valid, invalid by reason, duplicates, written,
+    the journey projection's, and the friction found by rule."""
     settings = Settings()
     data = worker_status(settings)
     console = Console()
@@ -58,6 +59,12 @@ def status(
         table.add_row(name, f"{c[name]:,}")
     for reason, n in c["invalid_by_reason"].items():
         table.add_row(f"  invalid: {reason}", f"{n:,}")
+    for name, n in c.get("journey", {}).items():
+        table.add_row(f"journey: {name}", f"{n:,}")
+    if "friction_read" in c:
+        table.add_row("friction detectors: touchpoints", f"{c['friction_read']:,}")
+    for rule, n in c.get("friction", {}).items():
+        table.add_row(f"  friction: {rule}", f"{n:,}")
     console.print(table)
     console.print(f"bootstrap {data['bootstrap']}  warehouse {data['warehouse']}")
     if c.get("last_insert_error"):
