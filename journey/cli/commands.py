@@ -11,6 +11,7 @@ from journey.cli import (
     funnel,
     info,
     run,
+    samples,
     schema,
     sql,
     stack,
