@@ -38,10 +38,10 @@ from streams.topics import Topics
 log = logging.getLogger(__name__)
 
 
-def journey_row(state: JourneyState, *, deleted: bool = False,
-                version: int | None = None) -> dict[str, Any]:
-    """A `journeys` table row for the state."""
-    data = state.to_dict()
+def journey_row(state: JourneyState, *, deleted: bool = False, version: int | None = None,
+                data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `journeys` table row for the state (`data`: its to_dict(), when already made)."""
+    data = data if data is not None else state.to_dict()
     return {
         "customer_key": state.customer_key,
         "stage": data["stage"],
@@ -236,8 +236,10 @@ class JourneyProjection:
             if state is None:
                 put(self.journeys, key.encode(), None, partition, batch.out)
             else:
-                put(self.journeys, key.encode(), state.to_dict(), partition, batch.out)
-                self._send(batch, self.topics.journey_states.name, key, journey_row(state))
+                data = state.to_dict()  # once: the table and the row both need it
+                put(self.journeys, key.encode(), data, partition, batch.out)
+                self._send(batch, self.topics.journey_states.name, key,
+                           journey_row(state, data=data))
         for anonymous_id, links in batch.links.items():
             event = batch.events[anonymous_id]
             as_current(event)
