@@ -318,7 +318,8 @@ def detect_checkout_abandoned(state: FrictionState, tp: Touchpoint,
         return state, []
     # A checkout restarted before the earlier one's deadline continues that attempt.
     kept = [c for c in state.checkouts if not (c.at <= at < c.due)]
-    kept.append(PendingCheckout(at, tp.event_id, float(props.cart_value), due))
+    kept.append(PendingCheckout(at, tp.event_id, float(props.cart_value), due,
+                                tp.channel.value))
     kept.sort(key=lambda c: (c.at, c.event_id))
     return replace(state, checkouts=tuple(kept[-limit:])), []
 
@@ -334,7 +335,7 @@ def expire_checkouts(state: FrictionState, watermark: int,
         config.high_value_severity if c.cart_value >= config.high_value else config.severity,
         c.due, (c.event_id,),
         f"A checkout worth {c.cart_value:.2f} was not completed within "
-        f"{format_duration(config.within)}.", channel=None) for c in due]
+        f"{format_duration(config.within)}.", channel=c.channel) for c in due]
     rest = tuple(c for c in state.checkouts if c.due > watermark)
     return replace(state, checkouts=rest), found
 

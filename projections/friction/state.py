@@ -78,6 +78,7 @@ class PendingCheckout:
     event_id: str
     cart_value: float
     due: int
+    channel: str | None = None  # where the checkout started
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,8 @@ class FrictionState:
         return {
             "stage": self.stage, "has_purchased": self.has_purchased,
             "last_seen": self.last_seen, "cases": [c.to_dict() for c in self.cases],
-            "checkouts": [[c.at, c.event_id, c.cart_value, c.due] for c in self.checkouts],
+            "checkouts": [[c.at, c.event_id, c.cart_value, c.due, c.channel]
+                          for c in self.checkouts],
             "purchases": list(self.purchases),
             "early": [[e.case_id, e.at, e.resolves] for e in self.early],
             "last_contact": _mark_dict(self.last_contact),
@@ -145,7 +147,7 @@ class FrictionState:
             stage=data["stage"], has_purchased=data["has_purchased"],
             last_seen=data["last_seen"],
             cases=tuple(CaseTrack.from_dict(c) for c in data["cases"]),
-            checkouts=tuple(PendingCheckout(a, e, v, d) for a, e, v, d in data["checkouts"]),
+            checkouts=tuple(PendingCheckout(*c) for c in data["checkouts"]),
             purchases=tuple(data["purchases"]),
             early=tuple(EarlyAnswer(c, a, r) for c, a, r in data.get("early", ())),
             last_contact=_mark_from(data["last_contact"]),

@@ -484,7 +484,7 @@ def test_checkout_without_purchase_is_abandoned_at_the_deadline() -> None:
     assert found == []
     state, found = expired(state, 24 * H)
     assert facts(found) == [("checkout_abandoned", "checkout", LOW, ms(24 * H), (eid(1),),
-                             None, None)]
+                             None, "web")]  # where the checkout started
     assert "39.98" in found[0].message
     _, again = expired(state, 48 * H)
     assert again == []
@@ -520,7 +520,7 @@ def test_restarted_checkout_continues_the_attempt() -> None:
     assert found == []
     _, found = expired(state, 26 * H)
     assert facts(found) == [("checkout_abandoned", "checkout", LOW, ms(26 * H), (eid(2),),
-                             None, None)]
+                             None, "web")]
 
 
 def test_restarted_checkout_bought_in_time() -> None:
