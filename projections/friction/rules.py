@@ -131,8 +131,10 @@ def track(state: FrictionState, tp: Touchpoint, config: FrictionConfig) -> Frict
         channels = case.channels
         if channel not in case.channel_ids():
             channels = (*channels, (channel, tp.event_id))
+        # The customer came back about a resolved case: it was not resolved after all.
+        reopened_by = tp.event_id if case.resolved else case.reopened_by
         case = replace(case, contacts=case.contacts + 1, channels=channels,
-                       last_at=max(case.last_at, at))
+                       last_at=max(case.last_at, at), resolved=False, reopened_by=reopened_by)
     return state.with_case(case, config.max_cases)
 
 
@@ -202,7 +204,8 @@ def detect_sla_breach(state: FrictionState, tp: Touchpoint, config: SlaBreachCon
         if tp.type == "case_resolved":
             in_time = case.resolution_due is not None and at <= case.resolution_due
             case = replace(case, resolution_due=None if in_time else case.resolution_due)
-        elif tp.type == "case_reopened" and case.resolution_due is None:
+        elif (tp.type == "case_reopened" or case.reopened_by == tp.event_id) \
+                and case.resolution_due is None:
             case = replace(case, resolution_due=at + config.resolution_ms(case.channel),
                            resolution_from=tp.event_id)
     return state.with_case(case, len(state.cases) or 1), []

@@ -34,6 +34,7 @@ class CaseTrack:
     resolved: bool = False
     escalations: int = 0
     last_at: int = 0
+    reopened_by: str = ""  # an inbound contact that came after the case was resolved
 
     def channel_ids(self) -> dict[str, str]:
         return dict(self.channels)
@@ -46,6 +47,7 @@ class CaseTrack:
             "first_response_due": self.first_response_due,
             "resolution_due": self.resolution_due, "resolution_from": self.resolution_from,
             "resolved": self.resolved, "escalations": self.escalations, "last_at": self.last_at,
+            "reopened_by": self.reopened_by,
         }
 
     @classmethod
@@ -57,6 +59,7 @@ class CaseTrack:
             first_response_due=data["first_response_due"],
             resolution_due=data["resolution_due"], resolution_from=data["resolution_from"],
             resolved=data["resolved"], escalations=data["escalations"], last_at=data["last_at"],
+            reopened_by=data.get("reopened_by", ""),
         )
 
 
@@ -110,12 +113,15 @@ class FrictionState:
         return None
 
     def with_case(self, case: CaseTrack, limit: int) -> FrictionState:
-        """The state with `case` replaced or added, keeping the `limit` most recent cases."""
+        """The state with `case` replaced or added, keeping at most `limit` cases: over the
+        bound, cases with no deadline pending go first, least recently touched first, so
+        a pending breach is dropped only when every kept case has one."""
         others = [c for c in self.cases if c.case_id != case.case_id]
+        if len(others) >= limit:
+            others.sort(key=lambda c: (c.first_response_due is not None
+                                       or c.resolution_due is not None, c.last_at, c.case_id))
+            others = others[len(others) - (limit - 1):] if limit > 1 else []
         others.append(case)
-        if len(others) > limit:
-            others.sort(key=lambda c: (c.last_at, c.case_id))
-            others = others[len(others) - limit:]
         return _replace(self, cases=tuple(others))
 
     def with_early(self, answer: EarlyAnswer) -> FrictionState:

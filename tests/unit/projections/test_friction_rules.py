@@ -1010,3 +1010,42 @@ def test_early_answers_are_bounded_and_forgotten() -> None:
     assert next_deadline(state, CONFIG) == ms(10) + CONFIG.case_ttl
     later, _ = expire(state, ms(40) + CONFIG.case_ttl + CONFIG.customer_ttl, CONFIG)
     assert later is None
+
+
+# --- a contact about a resolved case reopens it ----------------------------------------
+
+
+def test_a_contact_after_the_resolution_reopens_the_case() -> None:
+    events = [contact(0, 1, channel="email"),
+              touchpoint("agent_response", 10, 2, case_id="c1", channel="email"),
+              touchpoint("case_resolved", 60, 3, case_id="c1", channel="email"),
+              contact(2 * D, 4, channel="email")]
+    state, found = run(events)
+    assert [f.kind for f in of_rule(found, "repeat_contact")] == ["case"]
+    case = state.case("c1")
+    assert case is not None and not case.resolved and case.reopened_by == eid(4)
+    limit = CONFIG.sla_breach.resolution_ms("email") // MINUTE
+    assert case.resolution_due == ms(2 * D + limit)
+    _, breaches = expired(state, 2 * D + limit)
+    assert facts(breaches) == [("sla_breach", "resolution", HIGH, ms(2 * D + limit),
+                                (eid(4),), "c1", "email")]
+
+
+def test_a_reopened_case_resolved_in_time_has_no_breach() -> None:
+    state, _ = run([contact(0, 1, channel="email"),
+                    touchpoint("agent_response", 10, 2, case_id="c1", channel="email"),
+                    touchpoint("case_resolved", 60, 3, case_id="c1", channel="email"),
+                    contact(2 * D, 4, channel="email"),
+                    touchpoint("case_resolved", 2 * D + 60, 5, case_id="c1", channel="email")])
+    _, breaches = expired(state, 10 * D)
+    assert of_rule(breaches, "sla_breach") == []
+
+
+def test_over_the_case_bound_cases_without_a_deadline_go_first() -> None:
+    config = replace(CONFIG, max_cases=2)
+    state, _ = run([contact(0, 1, case_id="open-old", channel="email"),  # deadlines pending
+                    contact(1, 2, case_id="done", channel="email"),
+                    touchpoint("agent_response", 2, 3, case_id="done", channel="email"),
+                    touchpoint("case_resolved", 3, 4, case_id="done", channel="email"),
+                    contact(4, 5, case_id="new", channel="email")], config)
+    assert [c.case_id for c in state.cases] == ["open-old", "new"]
