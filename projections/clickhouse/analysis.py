@@ -15,7 +15,7 @@ from projections.clickhouse.queries import (
     _time_range,
     _where,
 )
-from projections.clickhouse.tables import JOURNEYS, TOUCHPOINTS, TRANSITIONS
+from projections.clickhouse.tables import FRICTION, JOURNEYS, TOUCHPOINTS, TRANSITIONS
 
 DEFAULT_CONVERSION = "purchase"
 # Longer paths rarely repeat across people, and every extra step multiplies the groups.
@@ -365,10 +365,32 @@ def _stage_change_entries() -> str:
     WHERE customer_key = {person}"""
 
 
+FRICTION_ENTRY = "friction"
+
+
+def _friction_entries() -> str:
+    """The subject's friction from the friction table, its linked anonymous ids' included.
+    Needs `identities` and `subject`.
+
+    `type` reads 'friction: rule (kind)' and `properties` holds the severity and the
+    message, so a timeline shows where the journey got harder next to its causes.
+    """
+    person = "(SELECT person FROM subject)"
+    return f"""SELECT occurred_at, '{FRICTION_ENTRY}' AS entry, channel,
+        concat('friction: ', rule, if(kind = '', '', concat(' (', kind, ')'))) AS type,
+        case_id,
+        toJSONString(map('severity', toString(severity), 'message', message)) AS properties,
+        concat(friction_id, ':friction') AS event_id
+    FROM {_deduplicated(FRICTION)}
+    WHERE customer_key = {person}
+       OR customer_key IN (SELECT anonymous_id FROM identities
+                           WHERE linked_customer_id = {person})"""
+
+
 # The sources of a timeline, each a SELECT of the same columns (occurred_at, entry,
 # channel, type, case_id, properties, event_id) for the `subject` person, interleaved
 # by time.
-_TIMELINE_SOURCES = (_touchpoint_entries, _stage_change_entries)
+_TIMELINE_SOURCES = (_touchpoint_entries, _stage_change_entries, _friction_entries)
 
 
 def customer_timeline_sql(customer: str, *, limit: int = 200) -> tuple[str, Params]:

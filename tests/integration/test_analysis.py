@@ -24,7 +24,8 @@ from projections.clickhouse.analysis import (
 )
 from projections.clickhouse.client import Warehouse
 from projections.clickhouse.queries import run_readonly
-from projections.clickhouse.writer import insert_touchpoints
+from projections.clickhouse.tables import FRICTION
+from projections.clickhouse.writer import insert_records, insert_touchpoints
 
 pytestmark = pytest.mark.integration
 
@@ -653,6 +654,41 @@ def test_timeline_keeps_the_latest_entries(warehouse: Warehouse) -> None:
     got = rows(warehouse, customer_timeline_sql("a-1", limit=3))
     assert [(r[0], r[6], r[3]) for r in got] == expected_timeline(records, "c-1", limit=3)
     assert [r[7] for r in got] == [8, 8, 8]
+
+
+def friction_row(customer_key: str, at: datetime, rule: str, kind: str) -> dict[str, Any]:
+    return {
+        "friction_id": str(uuid.uuid4()), "rule": rule, "kind": kind, "severity": "high",
+        "customer_key": customer_key, "occurred_at": at.isoformat(),
+        "detected_at": at.isoformat(), "stage": "consideration", "case_id": "k-1",
+        "channel": "phone", "evidence": [str(uuid.uuid4())], "message": f"{rule} happened.",
+    }
+
+
+def test_timeline_shows_the_persons_friction(warehouse: Warehouse) -> None:
+    warehouse.command(f"TRUNCATE TABLE {FRICTION}")
+    store(warehouse, timeline_records())
+    mine = [friction_row("c-1", T0 + 6 * MIN, "failed_outcome", "refund"),
+            # a friction of a-2 before its identify: a-2 is linked to c-1
+            friction_row("a-2", T0 + 25 * MIN, "unreachable_help", "long_wait")]
+    theirs = [friction_row("a-3", T0 + 4 * MIN, "negative_feedback", "csat"),  # c-y's
+              friction_row("c-x", T0 + 42 * MIN, "escalation", "first")]
+    insert_records(warehouse, FRICTION, [*mine, *theirs, mine[0]])  # a repeat: one row
+    got = rows(warehouse, customer_timeline_sql("a-1"))
+    friction = [r for r in got if r[1] == "friction"]
+    assert [(r[0], r[3], r[6]) for r in friction] == [
+        (T0 + 6 * MIN, "friction: failed_outcome (refund)", f"{mine[0]['friction_id']}:friction"),
+        (T0 + 25 * MIN, "friction: unreachable_help (long_wait)",
+         f"{mine[1]['friction_id']}:friction"),
+    ]
+    assert json.loads(friction[0][5]) == {"severity": "high",
+                                          "message": "failed_outcome happened."}
+    # interleaved by time with the touchpoints, counted in the total
+    times = [r[0] for r in got]
+    assert times == sorted(times)
+    assert {r[7] for r in got} == {len(expected_timeline(timeline_records(), "c-1")) + 2}
+    assert [r[3] for r in rows(warehouse, customer_timeline_sql("c-x"))
+            if r[1] == "friction"] == ["friction: escalation (first)"]
 
 
 # ---- the CLI, in this process on this module's warehouse -------------------------------
