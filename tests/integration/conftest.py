@@ -16,7 +16,7 @@ from journey.settings import Settings
 from journey.stack import KafkaStack, ensure_kafka
 from journey.worker import WorkerProcess, settings_env
 from projections.clickhouse.client import Warehouse, connect
-from projections.clickhouse.tables import TOUCHPOINTS, migrate
+from projections.clickhouse.tables import FRICTION, TOUCHPOINTS, migrate
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +83,7 @@ def opened(warehouse_dir: Path) -> Iterator[Warehouse]:
 
 @pytest.fixture
 def warehouse(opened: Warehouse) -> Warehouse:
-    """The module's warehouse with an empty touchpoints table."""
+    """The module's warehouse with empty touchpoints and friction tables."""
     opened.command(f"TRUNCATE TABLE {TOUCHPOINTS}")
+    opened.command(f"TRUNCATE TABLE {FRICTION}")
     return opened

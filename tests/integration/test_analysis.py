@@ -666,7 +666,6 @@ def friction_row(customer_key: str, at: datetime, rule: str, kind: str) -> dict[
 
 
 def test_timeline_shows_the_persons_friction(warehouse: Warehouse) -> None:
-    warehouse.command(f"TRUNCATE TABLE {FRICTION}")
     store(warehouse, timeline_records())
     mine = [friction_row("c-1", T0 + 6 * MIN, "failed_outcome", "refund"),
             # a friction of a-2 before its identify: a-2 is linked to c-1

@@ -84,7 +84,6 @@ def friction(
 
 @pytest.fixture
 def store(warehouse: Warehouse) -> Any:
-    warehouse.command(f"TRUNCATE TABLE {FRICTION}")
 
     def write(touchpoints: list[Record], frictions: list[Record]) -> None:
         insert_touchpoints(warehouse, touchpoints)
