@@ -21,8 +21,10 @@ def _json(view: View, value: Any, status: int = 200) -> Response:
 
 def install_web(app: faust.App, engine: Engine) -> None:
     from projections.clickhouse.api import AnalysisRequestError, analysis_sql, funnel_request
+    from projections.clickhouse.cx import rule_deadlines
     from projections.clickhouse.funnels import funnel_query, funnel_rows, shape_funnel
     from projections.clickhouse.queries import QueryRejectedError, jsonable_rows, run_readonly
+    from projections.friction import load_config
 
     async def answer(view: View, sql: str, params: dict[str, Any]) -> Response:
         if engine.warehouse is None:
@@ -89,6 +91,11 @@ def install_web(app: faust.App, engine: Engine) -> None:
             columns, rows = funnel_rows(spec, shape_funnel(spec, result.rows))
             return _json(self, {"columns": columns, "rows": rows})
 
+    # SLA compliance in /analysis/kpis uses this worker's sla_breach deadlines.
+    deadlines, default_deadline = rule_deadlines(
+        load_config(engine.settings.friction_config).sla_breach)
+    kpi_deadlines = {"deadlines": deadlines, "default_deadline": default_deadline}
+
     @app.page("/analysis/{name}")
     class Analysis(View):
         """GET /analysis/paths?end_at=purchase&top=10, /analysis/map, /analysis/retention,
@@ -96,7 +103,8 @@ def install_web(app: faust.App, engine: Engine) -> None:
 
         async def get(self, request: Request, name: str) -> Response:
             try:
-                sql, params = analysis_sql(name, dict(request.query))
+                sql, params = analysis_sql(name, dict(request.query),
+                                           kpi_deadlines if name == "kpis" else None)
             except AnalysisRequestError as exc:
                 return _json(self, {"error": str(exc)}, 400)
             return await answer(self, sql, params)

@@ -93,8 +93,10 @@ ANALYSES: dict[str, tuple[Callable[..., tuple[str, Params]], dict[str, Parser]]]
 }
 
 
-def analysis_sql(name: str, options: Mapping[str, str]) -> tuple[str, Params]:
-    """The SQL and parameters of analysis `name`, options given as text (query strings)."""
+def analysis_sql(name: str, options: Mapping[str, str],
+                 fixed: Mapping[str, Any] | None = None) -> tuple[str, Params]:
+    """The SQL and parameters of analysis `name`, options given as text (query strings);
+    `fixed` are the server's own arguments (the KPIs' SLA deadlines), never the caller's."""
     if name not in ANALYSES:
         raise AnalysisRequestError(f"no analysis {name!r}; there are {', '.join(ANALYSES)}")
     builder, parsers = ANALYSES[name]
@@ -104,6 +106,7 @@ def analysis_sql(name: str, options: Mapping[str, str]) -> tuple[str, Params]:
             f"{name} takes no option {', '.join(unknown)}; it takes {', '.join(parsers)}")
     try:
         kwargs = {key: parsers[key](value) for key, value in options.items()}
+        kwargs.update(fixed or {})
         if name == "customer":
             customer = kwargs.pop("customer", None)
             if not customer:

@@ -42,3 +42,18 @@ def test_options_are_parsed_and_bound() -> None:
 def test_bad_requests_say_what_is_wrong(name: str, options: dict[str, str], message: str) -> None:
     with pytest.raises(AnalysisRequestError, match=message):
         analysis_sql(name, options)
+
+
+def test_the_servers_fixed_arguments_reach_the_builder() -> None:
+    from projections.clickhouse.cx import Deadline
+
+    tight = {"chat": Deadline(60, 600)}
+    _, params = analysis_sql("kpis", {"by": "channel"},
+                               {"deadlines": tight, "default_deadline": Deadline(120, 1200)})
+    assert (params["sla_channels"], params["sla_first_response"], params["sla_resolution"],
+            params["sla_default_first_response"]) == (["chat"], [60], [600], 120)
+    _, default_params = analysis_sql("kpis", {"by": "channel"})
+    assert "chat" in default_params["sla_channels"]
+    assert default_params["sla_default_first_response"] == 24 * 3600  # the rule's default
+    with pytest.raises(AnalysisRequestError, match="no option deadlines"):
+        analysis_sql("kpis", {"deadlines": "chat=1s/1s"})
