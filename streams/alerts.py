@@ -225,6 +225,7 @@ class AlertStats:
     read: int = 0
     invalid: int = 0
     duplicates: int = 0
+    stale: int = 0  # detected more than max_age_seconds after they happened
     batches: int = 0
     commit_failures: int = 0
     dlq_send_failures: int = 0
@@ -241,6 +242,7 @@ class AlertStats:
             "read": self.read,
             "invalid": self.invalid,
             "duplicates": self.duplicates,
+            "stale": self.stale,
             "batches": self.batches,
             "dead_lettered": self.dead_lettered,
             "commit_failures": self.commit_failures,
@@ -250,7 +252,7 @@ class AlertStats:
 
     def summary_line(self) -> str:
         parts = [f"alerts: read {self.read:,}", f"duplicates {self.duplicates:,}",
-                 f"invalid {self.invalid:,}"]
+                 f"stale {self.stale:,}", f"invalid {self.invalid:,}"]
         for name, s in self.sinks.items():
             parts.append(f"{name}: delivered {s.delivered:,}, throttled {s.throttled:,}, "
                          f"filtered {s.filtered:,}, dead-lettered {s.dead_lettered:,}")
@@ -268,15 +270,18 @@ class _Policy:
 
 
 class AlertRouter:
-    """Decides which sinks get which alert: dedup by friction id, then filter, throttle.
+    """Decides which sinks get which alert: dedup by friction id, the age check, then
+    filter and throttle.
 
     Dedup is consumer-wide (a repeated friction id reaches no sink); filters and
     throttles are per sink, so a sink that filters a rule out does not use up another
     sink's throttle window.
     """
 
-    def __init__(self, sinks: Sequence[SinkConfig], memory: int, stats: AlertStats) -> None:
+    def __init__(self, sinks: Sequence[SinkConfig], memory: int, stats: AlertStats,
+                 max_age_seconds: float = 0.0) -> None:
         self.seen = RecentIds(memory)
+        self.max_age_seconds = max_age_seconds
         self.policies = [_Policy(s.name, s.filter, Throttle(s.throttle_seconds, memory))
                          for s in sinks]
         self.stats = stats
@@ -292,6 +297,11 @@ class AlertRouter:
                 self.stats.duplicates += 1
                 continue
             at = friction.detected_at.timestamp()
+            if self.max_age_seconds and \
+                    at - friction.occurred_at.timestamp() > self.max_age_seconds:
+                # Found long after it happened: a replay or a late backlog, not news.
+                self.stats.stale += 1
+                continue
             for policy in self.policies:
                 counters = self.stats.sinks[policy.name]
                 if not policy.filter.accepts(friction):
@@ -666,7 +676,8 @@ class AlertConsumer:
         self.max_alerts = max_alerts
         self.idle_exit = idle_exit
         self.stats = AlertStats()
-        self.router = AlertRouter(self.config.sinks, self.config.memory, self.stats)
+        self.router = AlertRouter(self.config.sinks, self.config.memory, self.stats,
+                                  self.config.max_age_seconds)
         self.sinks = make_sinks(self.config, self.stats, console)
         self.on_summary = on_summary
         self.on_ready = on_ready

@@ -132,6 +132,8 @@ class AlertsConfig:
     # friction ids and (customer_key, rule) throttle entries kept in memory, each
     memory: int = DEFAULT_MEMORY
     summary_seconds: float = DEFAULT_SUMMARY_SECONDS
+    # friction detected more than this long after it happened is not delivered (0 = off)
+    max_age_seconds: float = 0.0
     source: Path | None = None
 
     def longest_budget(self) -> float:
@@ -157,6 +159,7 @@ _ALERTS_KEYS = {
     "throttle_seconds": "default throttle period of every sink (0 = off)",
     "memory": "friction ids and throttle keys kept in memory",
     "summary_seconds": "period of the summary line (0 = off)",
+    "max_age_seconds": "skip friction detected longer than this after it happened (0 = off)",
 }
 _COMMON_SINK_KEYS = ("name", "type", "rules", "min_severity", "throttle_seconds", "retry")
 _SINK_KEYS = {
@@ -271,6 +274,7 @@ def parse_config(document: Mapping[str, Any], path: Path) -> AlertsConfig:
         batch_size=where.integer(alerts, "batch_size", DEFAULT_BATCH_SIZE),
         memory=where.integer(alerts, "memory", DEFAULT_MEMORY),
         summary_seconds=where.number(alerts, "summary_seconds", DEFAULT_SUMMARY_SECONDS),
+        max_age_seconds=where.number(alerts, "max_age_seconds", 0.0),
         source=path,
     )
 

@@ -371,3 +371,19 @@ def test_check_shows_the_sinks(tmp_path: Path, capsys: pytest.CaptureFixture[str
     main(["alerts", "check", str(path)])
     out = capsys.readouterr().out
     assert "ops" in out and "http://h/x" in out and "sla_breach" in out and "high" in out
+
+
+def test_friction_found_long_after_it_happened_is_stale_when_a_max_age_is_set() -> None:
+    stats = AlertStats()
+    sinks = [ConsoleSinkConfig(name="all", throttle_seconds=0)]
+    router = AlertRouter(sinks, memory=100, stats=stats, max_age_seconds=3600)
+    fresh = alert(friction(), 0)  # detected a minute after it happened
+    edge = friction(customer="c-2")
+    edge["occurred_at"] = (T0 - timedelta(hours=1)).isoformat()  # exactly the max age
+    replayed = friction(customer="c-3")
+    replayed["occurred_at"] = (T0 - timedelta(days=20)).isoformat()  # a replay finds it again
+    shares = router.route([fresh, alert(edge, 1), alert(replayed, 2)])
+    assert [a.offset for a in shares["all"]] == [0, 1]
+    assert stats.stale == 1
+    unlimited = AlertRouter(sinks, memory=100, stats=AlertStats())  # the default: off
+    assert [a.offset for a in unlimited.route([alert(replayed, 2)])["all"]] == [2]

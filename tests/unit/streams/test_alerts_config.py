@@ -51,6 +51,7 @@ def test_the_documented_example_parses_as_described(tmp_path: Path) -> None:
     assert config.group == "journey-alerts"
     assert config.batch_size == 500
     assert config.memory == 100000
+    assert config.max_age_seconds == 86400
     assert [s.name for s in config.sinks] == ["console", "archive", "ops-hook", "slack"]
     console, archive, hook, slack = config.sinks
     assert isinstance(console, ConsoleSinkConfig)
