@@ -32,7 +32,7 @@ SHUTDOWN_SECONDS = 20.0  # the batch in flight may finish; past this it is cance
 
 class BatchService:
     """Stop handling, rebalance callbacks and the restore loop; subclasses fill in
-    `_drop_state` and `_restore_state` and run their loop under `_lock`."""
+    `run`, `_drop_state` and `_restore_state` and run their loop under `_lock`."""
 
     name = "batch service"
 
@@ -80,6 +80,9 @@ class BatchService:
             stop.cancel()
             ready.cancel()
         return self._ready.is_set() and not self._stopping.is_set()
+
+    async def run(self) -> None:
+        raise NotImplementedError
 
     def _drop_state(self, partitions: Iterable[int]) -> None:
         raise NotImplementedError
@@ -149,3 +152,24 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.service.on_assigned(assigned)
+
+
+def run_in_worker(app: Any, service: BatchService) -> None:
+    """Start `service` with the Faust app and drain it on shutdown. If it stops on an
+    error the worker crashes: it would otherwise look healthy and do nothing."""
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def run_service() -> None:
+        try:
+            await service.run()
+        except Exception as exc:
+            log.exception("the %s stopped", service.name)
+            await app.crash(exc)
+
+    @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
+    async def stop_service(*_: Any, **__: Any) -> None:
+        service.stop()
+        if not await service.wait_stopped():
+            log.warning("the %s did not finish its batch within %.0fs; it is cancelled "
+                        "uncommitted and that batch is handled again", service.name,
+                        SHUTDOWN_SECONDS)

@@ -50,7 +50,13 @@ from projections.friction.rules import KIND_IN_ID, epoch_ms
 from schemas.codec import InvalidTouchpointError, decode_stored_touchpoint, encode_json
 from schemas.friction import FrictionEvent, friction_id_for
 from schemas.touchpoint import identity_key
-from streams.batch import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, BatchService, Rebalance
+from streams.batch import (
+    FIRST_RETRY_SECONDS,
+    MAX_RETRY_SECONDS,
+    BatchService,
+    Rebalance,
+    run_in_worker,
+)
 from streams.dedup import RESTORE_POLL_MS
 from streams.kafka import KafkaError, TopicPartition, make_consumer, make_producer
 from streams.metrics import Metrics
@@ -344,20 +350,5 @@ def install_friction(app: faust.App, settings: Settings, spec: Topics, metrics: 
                      config: FrictionConfig) -> FrictionDetector:
     """Run the detector in the worker: started with the app, drained on shutdown."""
     detector = FrictionDetector(settings, spec, metrics, config)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def run_friction() -> None:
-        try:
-            await detector.run()
-        except Exception as exc:
-            log.exception("the friction detector stopped")
-            await app.crash(exc)
-
-    @app.on_before_shutdown.connect
-    async def stop_friction(*_: Any, **__: Any) -> None:
-        detector.stop()
-        if not await detector.wait_stopped():
-            log.warning("the friction detector did not finish its batch in time; it is "
-                        "cancelled uncommitted and that batch is detected again")
-
+    run_in_worker(app, detector)
     return detector

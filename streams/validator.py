@@ -25,9 +25,9 @@ from schemas.dead_letter import DeadLetter
 from streams.batch import (
     FIRST_RETRY_SECONDS,
     MAX_RETRY_SECONDS,
-    SHUTDOWN_SECONDS,
     BatchService,
     Rebalance,
+    run_in_worker,
 )
 from streams.dedup import DedupState
 from streams.kafka import DefaultPartitioner, KafkaError, make_consumer, make_producer
@@ -289,22 +289,5 @@ def install_validator(app: faust.App, settings: Settings, spec: Topics,
                       metrics: Metrics) -> Validator:
     """Run the validator in the worker: started with the app, drained on shutdown."""
     validator = Validator(settings, spec, metrics)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def run_validator() -> None:
-        try:
-            await validator.run()
-        except Exception as exc:
-            # Without its validator the worker would look healthy and route nothing.
-            log.exception("the validator stopped")
-            await app.crash(exc)
-
-    @app.on_before_shutdown.connect
-    async def stop_validator(*_: Any, **__: Any) -> None:
-        validator.stop()
-        if not await validator.wait_stopped():
-            log.warning("the validator did not finish its batch within %.0fs; it is "
-                        "cancelled uncommitted and that batch is routed again",
-                        SHUTDOWN_SECONDS)
-
+    run_in_worker(app, validator)
     return validator
