@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,7 +31,7 @@ MAX_RETRY_SECONDS = 10.0
 SHUTDOWN_SECONDS = 20.0  # the batch in flight may finish; past this it is cancelled
 
 
-class BatchService:
+class BatchService(ABC):
     """Stop handling, rebalance callbacks and the restore loop; subclasses fill in
     `run`, `_drop_state` and `_restore_state` and run their loop under `_lock`."""
 
@@ -81,18 +82,21 @@ class BatchService:
             ready.cancel()
         return self._ready.is_set() and not self._stopping.is_set()
 
+    @abstractmethod
     async def run(self) -> None:
-        raise NotImplementedError
+        """Consume, handle and commit batches until stop()."""
 
+    @abstractmethod
     def _drop_state(self, partitions: Iterable[int]) -> None:
-        raise NotImplementedError
+        """Forget the state of these partitions (revoked, or about to be restored)."""
 
+    @abstractmethod
     async def _restore_state(self, assigned: list[Any]) -> None:
         """Rebuild the state of the assigned partitions; raise KafkaError to be retried."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _all_partitions(self) -> list[int]:
-        raise NotImplementedError
+        """The partitions whose state is held now."""
 
     async def on_revoked(self, revoked: Iterable[Any]) -> None:
         self._ready.clear()
