@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -398,7 +399,7 @@ def _describe(exc: BaseException) -> str:
     return _one_line(f"{type(exc).__name__}: {text}")[:ERROR_CHARS]
 
 
-class _BatchSink:
+class _BatchSink(ABC):
     """A sink that writes a whole batch at once; the batch is retried as one."""
 
     def __init__(self, config: SinkConfig, stats: SinkStats) -> None:
@@ -411,8 +412,9 @@ class _BatchSink:
     async def close(self) -> None:
         return None
 
+    @abstractmethod
     async def write(self, alerts: Sequence[Alert]) -> None:
-        raise NotImplementedError
+        """Write the whole batch, or raise OSError/ValueError to have it retried."""
 
     async def deliver(self, alerts: Sequence[Alert]) -> list[DeliveryFailure]:
         if not alerts:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from journey.errors import ConfigurationError
 from schemas.friction import FrictionEvent, Severity
@@ -89,26 +89,18 @@ class SinkConfig:
     filter: AlertFilter = field(default_factory=AlertFilter)
     throttle_seconds: float = DEFAULT_THROTTLE_SECONDS
     retry: RetryBudget = field(default_factory=RetryBudget)
-
-    @property
-    def type(self) -> SinkType:
-        raise NotImplementedError
+    type: ClassVar[SinkType]  # each kind of sink names itself
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsoleSinkConfig(SinkConfig):
-    @property
-    def type(self) -> SinkType:
-        return SinkType.CONSOLE
+    type: ClassVar[SinkType] = SinkType.CONSOLE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileSinkConfig(SinkConfig):
     path: Path
-
-    @property
-    def type(self) -> SinkType:
-        return SinkType.FILE
+    type: ClassVar[SinkType] = SinkType.FILE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,10 +110,7 @@ class WebhookSinkConfig(SinkConfig):
     timeout_seconds: float = 10.0
     headers: tuple[tuple[str, str], ...] = ()
     concurrency: int = 8
-
-    @property
-    def type(self) -> SinkType:
-        return SinkType.WEBHOOK
+    type: ClassVar[SinkType] = SinkType.WEBHOOK
 
 
 @dataclass(frozen=True, slots=True)
