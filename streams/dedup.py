@@ -8,14 +8,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from projections.ingest import DedupWindow, SeenIds, Sighting, SightingFormatError
-from streams.kafka import TopicPartition, make_consumer
+from streams.kafka import TopicPartition, make_consumer, read_partitions_to_end
 from streams.tables import Record
 
 log = logging.getLogger(__name__)
-
-# One fetch's wait during a restore; the loop ends on positions, not on an empty fetch,
-# because compaction can leave gaps below a partition's end offset.
-RESTORE_POLL_MS = 500
 
 
 class DedupLayoutError(RuntimeError):
@@ -100,25 +96,17 @@ class DedupState:
         if not resume:
             return
         now = time.time() if now is None else now
-        reader = self._reader
         tps = [TopicPartition(self.changelog, p) for p in sorted(resume)]
-        reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
-        ends: dict[TopicPartition, int] = await reader.end_offsets(tps)
         restored: dict[int, SeenIds] = {p: {} for p in resume}
         outcomes: dict[str, int] = {}
         began = time.monotonic()
-        remaining = [tp for tp in tps if await reader.position(tp) < ends[tp]]
-        while remaining:
-            got = await reader.getmany(*remaining, timeout_ms=RESTORE_POLL_MS)
-            for tp, records in got.items():
-                seen, offset_from = restored[tp.partition], resume[tp.partition]
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        break  # written after the restore began: not ours to read
-                    outcome = self._replay(seen, record, now, offset_from)
-                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            remaining = [tp for tp in remaining if await reader.position(tp) < ends[tp]]
+
+        def replay(record: Any) -> None:
+            outcome = self._replay(restored[record.partition], record, now,
+                                   resume[record.partition])
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+        await read_partitions_to_end(self._reader, tps, replay)
         self.partitions.update(restored)
         log.info("dedup window restored for partitions %s of %s in %.2fs: %s ids kept (%s)",
                  sorted(resume), self.changelog, time.monotonic() - began,

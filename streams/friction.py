@@ -57,8 +57,13 @@ from streams.batch import (
     Rebalance,
     run_in_worker,
 )
-from streams.dedup import RESTORE_POLL_MS
-from streams.kafka import KafkaError, TopicPartition, make_consumer, make_producer
+from streams.kafka import (
+    KafkaError,
+    TopicPartition,
+    make_consumer,
+    make_producer,
+    read_partitions_to_end,
+)
 from streams.metrics import Metrics
 from streams.topics import Topics
 
@@ -308,22 +313,10 @@ class FrictionDetector(BatchService):
         """Read each assigned partition's changelog to its end (committed records only)."""
         if not assigned:
             return
-        reader = self._reader
         tps = [TopicPartition(self.changelog, tp.partition) for tp in assigned]
-        reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
-        ends: dict[TopicPartition, int] = await reader.end_offsets(tps)
         restored = {tp.partition: PartitionState() for tp in tps}
-        remaining = [tp for tp in tps if await reader.position(tp) < ends[tp]]
-        while remaining:
-            got = await reader.getmany(*remaining, timeout_ms=RESTORE_POLL_MS)
-            for tp, records in got.items():
-                part = restored[tp.partition]
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        break
-                    self._replay(part, record)
-            remaining = [tp for tp in remaining if await reader.position(tp) < ends[tp]]
+        await read_partitions_to_end(
+            self._reader, tps, lambda record: self._replay(restored[record.partition], record))
         for part in restored.values():
             for key, state in part.states.items():
                 part.schedule(key, state, self.config)

@@ -124,6 +124,28 @@ async def group_lag(bootstrap: str, group_id: str, topic: str, partitions: int) 
         await consumer.stop()
 
 
+RESTORE_POLL_MS = 500  # one fetch's wait while reading partitions to their end
+
+
+async def read_partitions_to_end(reader: AIOKafkaConsumer, tps: list[TopicPartition],
+                                 on_record: Callable[[Any], None]) -> None:
+    """Hand each record of `tps`, from their start to their end offsets as of now, to
+    `on_record`; a changelog restore. The loop ends on positions, not on an empty fetch,
+    because compaction and transaction markers leave offsets that carry no record."""
+    reader.assign(tps)
+    await reader.seek_to_beginning(*tps)
+    ends: dict[TopicPartition, int] = await reader.end_offsets(tps)
+    remaining = [tp for tp in tps if await reader.position(tp) < ends[tp]]
+    while remaining:
+        got = await reader.getmany(*remaining, timeout_ms=RESTORE_POLL_MS)
+        for tp, records in got.items():
+            for record in records:
+                if record.offset >= ends[tp]:
+                    break  # written after the read began: not ours to read
+                on_record(record)
+        remaining = [tp for tp in remaining if await reader.position(tp) < ends[tp]]
+
+
 CONNECT_TIMEOUT = 15.0  # seconds for a one-off reader to reach the broker
 
 
