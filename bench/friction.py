@@ -37,21 +37,18 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.projection import loadavg, time_live
+from bench.projection import fill_store, loadavg, time_live
 from bench.throughput import (
-    MIN_EVENTS,
     RESULTS,
     BenchError,
     Rate,
+    bench_main,
     bench_settings,
     console,
-    machine_facts,
+    kafka_for,
     phase,
-    produce,
     running_worker,
-    topic_total,
     valid_messages,
-    watch,
     worker_settings,
 )
 from journey.settings import Settings
@@ -215,7 +212,6 @@ def print_report(report: Report) -> None:
 
 
 def run(events: int, seed: int, latency_seconds: float, keep: bool) -> Report:
-    from journey.stack import KafkaStack, ensure_kafka
     from streams.app import prepare_topics
 
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
@@ -223,27 +219,17 @@ def run(events: int, seed: int, latency_seconds: float, keep: bool) -> Report:
     run_dir.mkdir(parents=True, exist_ok=True)
     base = friction_settings(run_id)
     report = Report(events, seed, run_id, datetime.now(UTC).isoformat(timespec="seconds"))
-    stack = KafkaStack(base)
-    ours = base.uses_local_stack and not stack.status().running
-    with console.status(f"Kafka on {base.bootstrap} ({'starting' if ours else 'reusing'})..."):
-        bootstrap = ensure_kafka(base)
-    record = stack.status().record
-    report.machine = machine_facts(record.version if record else None)
-    try:
+
+    def drop_heavy() -> None:
+        if not keep:
+            for role in ("validator", "journeys", "with-friction", "friction", "latency"):
+                shutil.rmtree(run_dir / role, ignore_errors=True)
+
+    with kafka_for(base, on_exit=drop_heavy) as (_, report.machine):
         with console.status(f"generating {events:,} valid touchpoints (seed {seed})..."):
             messages = valid_messages(events, seed)
-        asyncio.run(prepare_topics(base))
-        with phase("set-up: pre-produce (not measured)") as progress:
-            asyncio.run(produce(base, messages, progress))
-        validator = worker_settings(base, run_dir, "validator", sink_enabled=False,
-                                    journeys_enabled=False, friction_enabled=False)
-        with phase("set-up: validator (not measured)") as progress, \
-                running_worker(validator) as (worker, spawned, ready):
-            watch(validator, worker, spawned, ready, "read", events, "validator: read",
-                  progress)
-        stored = asyncio.run(topic_total(bootstrap, base.topic_touchpoints))
-        if stored != events:
-            raise BenchError(f"the touchpoints topic holds {stored:,} of {events:,}")
+        report.checks.update(fill_store(base, run_dir, messages))
+        del messages
 
         idle = f"{base.app_id}.idle.ingest"  # the validators of A-C idle
         plain = worker_settings(base, run_dir, "journeys", app_id=f"{base.app_id}-a",
@@ -279,39 +265,19 @@ def run(events: int, seed: int, latency_seconds: float, keep: bool) -> Report:
                     paced_latency(lat, chunk, rate, latency_seconds))
                 time.sleep(5.0)
         report.load["latency"] = loadavg()
-    finally:
-        if ours:
-            with console.status("stopping Kafka and deleting its data (jars stay)..."):
-                stack.reset()
-        if not keep:
-            for role in ("validator", "journeys", "with-friction", "friction", "latency"):
-                shutil.rmtree(run_dir / role, ignore_errors=True)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--latency-seconds", type=float, default=30.0)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--keep", action="store_true")
-    args = parser.parse_args(argv)
-    if args.events < MIN_EVENTS:
-        parser.error(f"--events must be at least {MIN_EVENTS:,}")
-    from journey.errors import JourneyError
+    def latency_seconds(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--latency-seconds", type=float, default=30.0,
+                            help="how long each latency round produces (default 30)")
 
-    try:
-        report = run(args.events, args.seed, args.latency_seconds, args.keep)
-    except (BenchError, JourneyError) as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        return 1
-    print_report(report)
-    data = orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2)
-    (RESULTS / f"friction-run-{report.run_id}" / "results.json").write_bytes(data)
-    if args.json:
-        args.json.write_bytes(data)
-    return 0
+    return bench_main(
+        argv, __doc__, default_events=100_000, events_help="valid touchpoints to detect over",
+        run=lambda args: run(args.events, args.seed, args.latency_seconds, args.keep),
+        print_report=print_report, results_dir="friction-run-", exit_code=lambda _: 0,
+        more_arguments=latency_seconds)
 
 
 if __name__ == "__main__":

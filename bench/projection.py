@@ -11,7 +11,6 @@ live projection worker -> `journey replay` of the same store. See bench/README.m
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import os
@@ -33,16 +32,16 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import (
-    MIN_EVENTS,
     POLL_SECONDS,
     RESULTS,
     STALL_SECONDS,
     BenchError,
     Rate,
+    bench_main,
     bench_settings,
     console,
     create_scratch_topic,
-    machine_facts,
+    kafka_for,
     phase,
     produce,
     raw_loop,
@@ -240,11 +239,33 @@ def print_report(report: Report) -> None:
     console.print("checks: " + ", ".join(f"{k}={v}" for k, v in report.checks.items()))
 
 
+def fill_store(base: Settings, run_dir: Path, messages: list[tuple[bytes | None, bytes]],
+               ) -> dict[str, Any]:
+    """Set-up, not measured: produce the messages to ingest and let a validator-only
+    worker fill `touchpoints`, so the phases that follow start from a full store. Returns
+    the figures to keep as checks; raises BenchError unless every message is stored."""
+    from streams.app import prepare_topics
+
+    events = len(messages)
+    asyncio.run(prepare_topics(base))
+    with phase("set-up: pre-produce (not measured)") as progress:
+        produced = asyncio.run(produce(base, messages, progress))
+    validator = worker_settings(base, run_dir, "validator", sink_enabled=False,
+                                journeys_enabled=False, friction_enabled=False)
+    with phase("set-up: validator (not measured)") as progress, \
+            running_worker(validator) as (worker, spawned, ready):
+        w = watch(validator, worker, spawned, ready, "read", events, "validator: read",
+                  progress)
+    stored = asyncio.run(topic_total(base.bootstrap, base.topic_touchpoints))
+    if w.counters["valid"] != events or stored != events:
+        raise BenchError(f"the validator passed {w.counters['valid']:,} and the topic "
+                         f"holds {stored:,} of {events:,}: see {worker.log_path}")
+    return {"pre_produce_seconds": round(produced, 1), "touchpoints_on_topic": stored}
+
+
 def run(events: int, seed: int, keep: bool) -> Report:
     from journey.errors import JourneyError
     from journey.replay import replay
-    from journey.stack import KafkaStack, ensure_kafka
-    from streams.app import prepare_topics
 
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     run_dir = RESULTS / f"projection-run-{run_id}"
@@ -255,37 +276,20 @@ def run(events: int, seed: int, keep: bool) -> Report:
         "topic_partitions", "validator_batch_size", "sink_batch_size", "sink_batch_seconds",
         "store")}
 
-    stack = KafkaStack(base)
-    ours = base.uses_local_stack and not stack.status().running
-    with console.status(f"Kafka on {base.bootstrap} ({'starting' if ours else 'reusing'})..."):
-        bootstrap = ensure_kafka(base)
-    record = stack.status().record
-    report.machine = machine_facts(record.version if record else None)
-    try:
+    def drop_heavy() -> None:
+        if not keep:
+            for heavy in ("validator", "projection"):
+                for sub in ("warehouse", "worker"):
+                    shutil.rmtree(run_dir / heavy / sub, ignore_errors=True)
+
+    with kafka_for(base, on_exit=drop_heavy) as (_, report.machine):
         with console.status(f"generating {events:,} valid touchpoints (seed {seed})..."):
             messages = valid_messages(events, seed)
         report.checks["identify_events"] = identify_count(messages)
         scratch = f"{base.app_id}.raw-loop"
-        asyncio.run(prepare_topics(base))
         asyncio.run(create_scratch_topic(base, scratch))
-        with phase("set-up: pre-produce (not measured)") as progress:
-            report.checks["pre_produce_seconds"] = round(
-                asyncio.run(produce(base, messages, progress)), 1)
+        report.checks.update(fill_store(base, run_dir, messages))
         del messages
-
-        # The validator fills `touchpoints`, the projection's input; nothing else runs
-        # here, so the projection phase starts from a full store.
-        validator = worker_settings(base, run_dir, "validator", sink_enabled=False,
-                                    journeys_enabled=False)
-        with phase("set-up: validator (not measured)") as progress, \
-                running_worker(validator) as (worker, spawned, ready):
-            w = watch(validator, worker, spawned, ready, "read", events, "validator: read",
-                      progress)
-        stored = asyncio.run(topic_total(bootstrap, base.topic_touchpoints))
-        report.checks["touchpoints_on_topic"] = stored
-        if w.counters["valid"] != events or stored != events:
-            raise BenchError(f"the validator passed {w.counters['valid']:,} and the topic "
-                             f"holds {stored:,} of {events:,}: see {worker.log_path}")
 
         # Baseline over the same input: consume `touchpoints`, produce each record to a
         # scratch topic, flush + commit per batch (the journey agent also produces).
@@ -349,47 +353,15 @@ def run(events: int, seed: int, keep: bool) -> Report:
             report.rows_replay = result.rows
             report.checks["rows_match"] = result.rows == lr.rows
         report.load["replay"] = loadavg()
-    finally:
-        report.machine["load_average_at_end"] = loadavg()
-        if ours:
-            with console.status("stopping Kafka and deleting its data (jars stay)..."):
-                stack.reset()
-        else:
-            console.print(f"Kafka at {base.bootstrap} was already running: left running; "
-                          f"this run's topics start with {base.app_id}.")
-        if not keep:
-            for heavy in ("validator", "projection"):
-                for sub in ("warehouse", "worker"):
-                    shutil.rmtree(run_dir / heavy / sub, ignore_errors=True)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=100_000,
-                        help="valid touchpoints to project (default 100000)")
-    parser.add_argument("--seed", type=int, default=7, help="workload generator seed")
-    parser.add_argument("--json", type=Path, help="also write the results to this file")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the run's warehouses and Faust data under bench/results/")
-    args = parser.parse_args(argv)
-    if args.events < MIN_EVENTS:
-        # Below this the phases finish within a few polls and there is nothing to time.
-        parser.error(f"--events must be at least {MIN_EVENTS:,}")
-    from journey.errors import JourneyError
-
-    try:
-        report = run(args.events, args.seed, args.keep)
-    except (BenchError, JourneyError) as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        return 1
-    print_report(report)
-    data = orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2)
-    (RESULTS / f"projection-run-{report.run_id}" / "results.json").write_bytes(data)
-    if args.json:
-        args.json.write_bytes(data)
-        console.print(f"results written to {args.json}")
-    return 0 if report.checks.get("rows_match") else 2
+    return bench_main(
+        argv, __doc__, default_events=100_000, events_help="valid touchpoints to project",
+        run=lambda args: run(args.events, args.seed, args.keep), print_report=print_report,
+        results_dir="projection-run-",
+        exit_code=lambda report: 0 if report.checks.get("rows_match") else 2)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from rich.console import Console
@@ -479,9 +479,79 @@ def phase(title: str) -> Progress:
                     refresh_per_second=4)  # the bench shares 2 cores with what it measures
 
 
-def run(events: int, seed: int, keep: bool) -> Report:
+@contextlib.contextmanager
+def kafka_for(base: Settings, *, on_exit: Callable[[], None] | None = None,
+              ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The benchmark's broker for the block: (bootstrap, machine facts). At the end, even
+    on failure, the facts get the load average, `on_exit` runs (cleaning up the run), and
+    a broker this run started is stopped and its data deleted (the jars stay); one that
+    was already running is left running."""
     from journey.stack import KafkaStack, ensure_kafka
 
+    stack = KafkaStack(base)
+    ours = base.uses_local_stack and not stack.status().running
+    with console.status(f"Kafka on {base.bootstrap} ({'starting' if ours else 'reusing'})..."):
+        bootstrap = ensure_kafka(base)
+    record = stack.status().record
+    machine = machine_facts(record.version if record else None)
+    try:
+        yield bootstrap, machine
+    finally:
+        machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if on_exit is not None:
+            on_exit()
+        if ours:
+            with console.status("stopping Kafka and deleting its data (jars stay)..."):
+                # Data only: every run uses fresh topic names, so nothing is reused.
+                stack.reset()
+        else:
+            console.print(f"Kafka at {base.bootstrap} was already running: left running; "
+                          f"this run's topics start with {base.app_id}.")
+
+
+class BenchReport(Protocol):
+    run_id: str
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+def bench_main(argv: list[str] | None, doc: str | None, *, default_events: int,
+               events_help: str, run: Callable[[argparse.Namespace], BenchReport],
+               print_report: Callable[[Any], None], results_dir: str,
+               exit_code: Callable[[Any], int],
+               more_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The command line every benchmark shares: parse, run, print, keep results.json next
+    to the run's logs (and a copy at --json), exit with exit_code(report); 1 on failure."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--events", type=int, default=default_events,
+                        help=f"{events_help} (default {default_events})")
+    parser.add_argument("--seed", type=int, default=7, help="workload generator seed")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's warehouses and Faust data under bench/results/")
+    if more_arguments is not None:
+        more_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.events < MIN_EVENTS:
+        # Below this the phases finish within a poll or two and there is nothing to time.
+        parser.error(f"--events must be at least {MIN_EVENTS:,}")
+    from journey.errors import JourneyError
+
+    try:
+        report = run(args)
+    except (BenchError, JourneyError) as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        return 1
+    print_report(report)
+    data = orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2)
+    (RESULTS / f"{results_dir}{report.run_id}" / "results.json").write_bytes(data)
+    if args.json:
+        args.json.write_bytes(data)
+        console.print(f"results written to {args.json}")
+    return exit_code(report)
+
+
+def run(events: int, seed: int, keep: bool) -> Report:
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     run_dir = RESULTS / f"run-{run_id}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -490,13 +560,13 @@ def run(events: int, seed: int, keep: bool) -> Report:
     report.settings = {name: getattr(base, name) for name in (
         "topic_partitions", "validator_batch_size", "sink_batch_size", "sink_batch_seconds")}
 
-    stack = KafkaStack(base)
-    ours = base.uses_local_stack and not stack.status().running
-    with console.status(f"Kafka on {base.bootstrap} ({'starting' if ours else 'reusing'})..."):
-        bootstrap = ensure_kafka(base)
-    record = stack.status().record
-    report.machine = machine_facts(record.version if record else None)
-    try:
+    def drop_heavy() -> None:
+        if not keep:
+            for heavy in ("validator/warehouse", "validator/worker", "sink/warehouse",
+                          "sink/worker", "raw-warehouse"):
+                shutil.rmtree(run_dir / heavy, ignore_errors=True)
+
+    with kafka_for(base, on_exit=drop_heavy) as (bootstrap, report.machine):
         with console.status(f"generating {events:,} valid touchpoints (seed {seed})..."):
             messages = valid_messages(events, seed)
         from streams.app import prepare_topics
@@ -568,49 +638,15 @@ def run(events: int, seed: int, keep: bool) -> Report:
         report.checks["raw_rows_stored"] = stored_raw
         if stored_raw != events:
             raise BenchError(f"raw inserts stored {stored_raw:,} of {events:,} rows")
-    finally:
-        report.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        if ours:
-            with console.status("stopping Kafka and deleting its data (jars stay)..."):
-                # Data only: every run uses fresh topic names, so nothing is reused.
-                stack.reset()
-        else:
-            console.print(f"Kafka at {base.bootstrap} was already running: left running; "
-                          f"this run's topics start with {base.app_id}.")
-        if not keep:
-            for heavy in ("validator/warehouse", "validator/worker", "sink/warehouse",
-                          "sink/worker", "raw-warehouse"):
-                shutil.rmtree(run_dir / heavy, ignore_errors=True)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=200_000,
-                        help="valid touchpoints to push through (default 200000)")
-    parser.add_argument("--seed", type=int, default=7, help="workload generator seed")
-    parser.add_argument("--json", type=Path, help="also write the results to this file")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the run's warehouses and Faust data under bench/results/")
-    args = parser.parse_args(argv)
-    if args.events < MIN_EVENTS:
-        # Below this the sink finishes within a poll or two and there is nothing to time.
-        parser.error(f"--events must be at least {MIN_EVENTS:,}")
-    from journey.errors import JourneyError
-
-    try:
-        report = run(args.events, args.seed, args.keep)
-    except (BenchError, JourneyError) as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        return 1
-    print_report(report)
-    data = orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2)
-    # Every run keeps its figures next to its worker logs; --json is an extra copy.
-    (RESULTS / f"run-{report.run_id}" / "results.json").write_bytes(data)
-    if args.json:
-        args.json.write_bytes(data)
-        console.print(f"results written to {args.json}")
-    return 0 if all(m >= t for m, t in report.ratios().values()) else 2
+    return bench_main(
+        argv, __doc__, default_events=200_000, events_help="valid touchpoints to push through",
+        run=lambda args: run(args.events, args.seed, args.keep), print_report=print_report,
+        results_dir="run-",
+        exit_code=lambda report: 0 if all(m >= t for m, t in report.ratios().values()) else 2)
 
 
 if __name__ == "__main__":
