@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from journey.errors import ConfigurationError, ServiceUnavailableError
+from journey.errors import ServiceUnavailableError
 from journey.settings import Settings
 
 
@@ -24,15 +24,13 @@ def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
     """Create the topics, then run the Faust worker until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
-    from projections.friction import FrictionConfigError, load_config
+    from journey.cli.friction import friction_config
     from streams.app import create_engine, prepare_topics
 
-    try:  # a wrong rules file is one line of error, before anything starts
-        load_config(settings.friction_config)
-    except FrictionConfigError as exc:
-        raise ConfigurationError(str(exc)) from None
+    # a wrong rules file is one line of error, before anything starts
+    rules = friction_config(settings.friction_config)
     asyncio.run(prepare_topics(settings))
-    engine = create_engine(settings)
+    engine = create_engine(settings, rules)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     worker = Worker(engine.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -10,7 +10,7 @@ from typing import Any
 import faust
 
 from journey.settings import Settings
-from projections.friction import load_config
+from projections.friction import FrictionConfig
 from streams.friction import FrictionDetector, install_friction
 from streams.journeys import install_journeys
 from streams.kafka import create_topics
@@ -35,13 +35,16 @@ class Engine:
     warehouse: Any = None
     sinks: list[ClickHouseSink] = field(default_factory=list)
     friction: FrictionDetector | None = None
+    friction_config: FrictionConfig = field(default_factory=FrictionConfig)
 
 
 def faust_broker(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
-def create_engine(settings: Settings) -> Engine:
+def create_engine(settings: Settings, friction: FrictionConfig) -> Engine:
+    """The worker's app; `friction` is the rules configuration its detectors and its
+    KPI endpoint use."""
     from projections.clickhouse.client import connect
     from projections.clickhouse.tables import (
         FRICTION,
@@ -79,7 +82,8 @@ def create_engine(settings: Settings) -> Engine:
         producer_max_request_size=2 * 1024 * 1024,
     )
     spec = topics(settings)
-    engine = Engine(app=app, settings=settings, topics=spec, metrics=Metrics())
+    engine = Engine(app=app, settings=settings, topics=spec, metrics=Metrics(),
+                    friction_config=friction)
 
     tables = declare_tables(app, settings)
     install_validator(app, settings, spec, engine.metrics)
@@ -87,8 +91,7 @@ def create_engine(settings: Settings) -> Engine:
         install_journeys(app, settings, spec, engine.metrics, tables.journeys,
                          tables.identity_links)
     if settings.friction_enabled:
-        engine.friction = install_friction(app, settings, spec, engine.metrics,
-                                           load_config(settings.friction_config))
+        engine.friction = install_friction(app, settings, spec, engine.metrics, friction)
 
     def sink_for(topic: str, table: str) -> ClickHouseSink:
         def insert(values: Any) -> int:

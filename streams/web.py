@@ -24,7 +24,6 @@ def install_web(app: faust.App, engine: Engine) -> None:
     from projections.clickhouse.cx import rule_deadlines
     from projections.clickhouse.funnels import funnel_query, funnel_rows, shape_funnel
     from projections.clickhouse.queries import QueryRejectedError, jsonable_rows, run_readonly
-    from projections.friction import load_config
 
     async def answer(view: View, sql: str, params: dict[str, Any]) -> Response:
         if engine.warehouse is None:
@@ -92,8 +91,7 @@ def install_web(app: faust.App, engine: Engine) -> None:
             return _json(self, {"columns": columns, "rows": rows})
 
     # SLA compliance in /analysis/kpis uses this worker's sla_breach deadlines.
-    deadlines, default_deadline = rule_deadlines(
-        load_config(engine.settings.friction_config).sla_breach)
+    deadlines, default_deadline = rule_deadlines(engine.friction_config.sla_breach)
     kpi_deadlines = {"deadlines": deadlines, "default_deadline": default_deadline}
 
     @app.page("/analysis/{name}")
