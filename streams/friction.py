@@ -141,8 +141,6 @@ class FrictionDetector(BatchService):
         self.group_id = friction_group(settings)
         self.batch_size = settings.validator_batch_size
         self.partitions: dict[int, PartitionState] = {}
-        self.undecodable = 0
-        self.aborted = 0
         self._reader: Any = None
 
     # ---- the loop -------------------------------------------------------------------
@@ -191,7 +189,6 @@ class FrictionDetector(BatchService):
         try:
             await self._commit(producer, events, changed, offsets)
         except KafkaError as exc:
-            self.aborted += 1
             self.metrics.send_failures += 1
             log.warning("friction batch transaction failed (%s: %s): rewinding to the "
                         "committed state", type(exc).__name__, exc)
@@ -234,7 +231,7 @@ class FrictionDetector(BatchService):
                 try:
                     touchpoint = decode_stored_touchpoint(msg.value or b"")
                 except InvalidTouchpointError as exc:
-                    self.undecodable += 1
+                    self.metrics.friction_skipped += 1
                     log.error("%s[%d]@%d is not a touchpoint, skipped: %s", msg.topic,
                               msg.partition, msg.offset, exc)
                     continue
@@ -334,9 +331,6 @@ class FrictionDetector(BatchService):
             part.states.pop(key, None)
         else:
             part.states[key] = FrictionState.from_dict(orjson.loads(record.value))
-
-    def customers(self) -> int:
-        return sum(len(p.states) for p in self.partitions.values())
 
 
 def install_friction(app: faust.App, settings: Settings, spec: Topics, metrics: Metrics,

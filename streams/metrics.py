@@ -22,6 +22,7 @@ class Metrics:
     journey: Counter[str] = field(default_factory=Counter)
     friction: Counter[str] = field(default_factory=Counter)  # friction events by rule
     friction_read: int = 0  # touchpoints the friction detectors committed
+    friction_skipped: int = 0  # records on `touchpoints` that were no touchpoint (logged)
     sink_batches: int = 0
     sink_failures: int = 0
     send_failures: int = 0
@@ -40,6 +41,7 @@ class Metrics:
             "journey": dict(sorted(self.journey.items())),
             "friction": dict(sorted(self.friction.items())),
             "friction_read": self.friction_read,
+            "friction_skipped": self.friction_skipped,
             "sink_batches": self.sink_batches,
             "sink_failures": self.sink_failures,
             "send_failures": self.send_failures,

@@ -63,6 +63,8 @@ def status(
         table.add_row(f"journey: {name}", f"{n:,}")
     if "friction_read" in c:
         table.add_row("friction detectors: touchpoints", f"{c['friction_read']:,}")
+        if c.get("friction_skipped"):
+            table.add_row("  skipped (not a touchpoint)", f"{c['friction_skipped']:,}")
     for rule, n in c.get("friction", {}).items():
         table.add_row(f"  friction: {rule}", f"{n:,}")
     console.print(table)
