@@ -69,10 +69,6 @@ def format_duration(ms: int) -> str:
     return f"{ms}ms"
 
 
-def _per_channel(defaults: dict[str, int]) -> dict[str, int]:
-    return dict(defaults)
-
-
 @dataclass(frozen=True, slots=True)
 class RuleConfig:
     """What every rule has: on/off and the severity of its plain case."""
@@ -100,16 +96,16 @@ class SlaBreachConfig(RuleConfig):
 
     severity: Severity = Severity.MEDIUM  # a missed first response
     resolution_severity: Severity = Severity.HIGH
-    first_response: dict[str, int] = field(default_factory=lambda: _per_channel({
+    first_response: dict[str, int] = field(default_factory=lambda: {
         "phone": 1 * HOUR, "chat": 10 * MINUTE, "email": 24 * HOUR, "social": 2 * HOUR,
         "sms": 4 * HOUR, "in_person": 1 * HOUR, "mail_fax": 72 * HOUR,
         DEFAULT_CHANNEL: 24 * HOUR,
-    }))
-    resolution: dict[str, int] = field(default_factory=lambda: _per_channel({
+    })
+    resolution: dict[str, int] = field(default_factory=lambda: {
         "phone": 24 * HOUR, "chat": 24 * HOUR, "email": 72 * HOUR, "social": 48 * HOUR,
         "sms": 48 * HOUR, "in_person": 24 * HOUR, "mail_fax": 7 * DAY,
         DEFAULT_CHANNEL: 72 * HOUR,
-    }))
+    })
 
     def first_response_ms(self, channel: str) -> int:
         return self.first_response.get(channel, self.first_response[DEFAULT_CHANNEL])
@@ -125,9 +121,9 @@ class UnreachableHelpConfig(RuleConfig):
 
     severity: Severity = Severity.MEDIUM  # long wait, IVR abandoned, chatbot dead end
     abandoned_severity: Severity = Severity.HIGH  # a contact abandoned in the queue
-    long_wait: dict[str, int] = field(default_factory=lambda: _per_channel({
+    long_wait: dict[str, int] = field(default_factory=lambda: {
         "phone": 10 * MINUTE, "chat": 5 * MINUTE, DEFAULT_CHANNEL: 30 * MINUTE,
-    }))
+    })
 
     def long_wait_ms(self, channel: str) -> int:
         return self.long_wait.get(channel, self.long_wait[DEFAULT_CHANNEL])

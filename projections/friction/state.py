@@ -122,18 +122,18 @@ class FrictionState:
                                        or c.resolution_due is not None, c.last_at, c.case_id))
             others = others[len(others) - (limit - 1):] if limit > 1 else []
         others.append(case)
-        return _replace(self, cases=tuple(others))
+        return replace(self, cases=tuple(others))
 
     def with_early(self, answer: EarlyAnswer) -> FrictionState:
         kept = sorted((*self.early, answer), key=lambda e: (e.at, e.case_id, e.resolves))
-        return _replace(self, early=tuple(kept[-EARLY_KEPT:]))
+        return replace(self, early=tuple(kept[-EARLY_KEPT:]))
 
     def early_for(self, case_id: str, since: int) -> list[EarlyAnswer]:
         return [e for e in self.early if e.case_id == case_id and e.at >= since]
 
     def with_purchase(self, at: int) -> FrictionState:
         kept = tuple(sorted((*self.purchases, at))[-_PURCHASES_KEPT:])
-        return _replace(self, purchases=kept)
+        return replace(self, purchases=kept)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,9 +160,6 @@ class FrictionState:
             last_friction=_mark_from(data["last_friction"]),
         )
 
-
-def _replace(state: FrictionState, **changes: Any) -> FrictionState:
-    return replace(state, **changes)
 
 
 def _mark_dict(mark: Mark | None) -> list[Any] | None:
