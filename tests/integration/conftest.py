@@ -17,11 +17,10 @@ from journey.stack import KafkaStack, ensure_kafka
 from journey.worker import WorkerProcess, settings_env
 from projections.clickhouse.client import Warehouse, connect
 from projections.clickhouse.tables import FRICTION, TOUCHPOINTS, migrate
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-# Ports apart from the defaults so a developer's own stack keeps running.
-TEST_PORTS = {"kafka_port": 39092, "kafka_controller_port": 39093, "worker_port": 36066}
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +43,10 @@ def settings(stack_home: Path) -> Settings:
         topic_friction=f"it-{run}.friction",
         topic_alerts_dlq=f"it-{run}.friction.alerts.dlq",
         sink_batch_seconds=0.3,
-        **TEST_PORTS,
+        # from the OS: a developer's own stack and other test sessions keep running
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        worker_port=free_port(),
     )
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections import Counter
@@ -29,6 +28,7 @@ from streams.alerts_config import AlertsConfig, load_config
 from streams.kafka import TopicPartition, create_topics, make_consumer, make_producer
 from streams.topics import topics
 from tests.integration.helpers import read_topic, wait_for
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -85,13 +85,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     runner = await serve(got)
     yield got
     await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

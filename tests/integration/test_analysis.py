@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import socket
 import uuid
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -26,6 +25,7 @@ from projections.clickhouse.client import Warehouse
 from projections.clickhouse.queries import run_readonly
 from projections.clickhouse.tables import FRICTION
 from projections.clickhouse.writer import insert_records, insert_touchpoints
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -691,12 +691,6 @@ def test_timeline_shows_the_persons_friction(warehouse: Warehouse) -> None:
 
 
 # ---- the CLI, in this process on this module's warehouse -------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from projections.clickhouse.tables import (
 )
 from projections.clickhouse.writer import insert_touchpoints, insert_touchpoints_json
 from projections.ingest import Admitted, admit
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -1121,12 +1121,6 @@ class FakeWorker:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli_settings(folder: str, port: int) -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -27,6 +26,7 @@ from projections.clickhouse.cx import (
 from projections.clickhouse.queries import run_readonly
 from projections.clickhouse.tables import FRICTION
 from projections.clickhouse.writer import insert_records, insert_touchpoints
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -708,12 +708,6 @@ def test_user_values_are_data_not_sql(warehouse: Warehouse, store: Any) -> None:
 
 
 # ---- the CLI ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

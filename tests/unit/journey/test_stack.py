@@ -28,6 +28,7 @@ from journey.stack import (
     _new_cluster_id,
     _port_holder,
 )
+from tests.ports import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -36,13 +37,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("JOURNEY_"):
             monkeypatch.delenv(name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
