@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -98,10 +99,14 @@ def _wait_for_pipeline(settings: Settings, before: dict[str, Any], produced: int
     deadline = time.monotonic() + timeout
     while True:
         now = _counters(settings)
-        delta = {k: now[k] - before[k] for k in ("read", "valid", "duplicates", "written")}
+        delta = {k: now[k] - before[k]
+                 for k in ("read", "validated", "valid", "duplicates", "written")}
         progress.update(routed, completed=delta["read"])
         progress.update(written, total=max(delta["valid"], 1), completed=delta["written"])
-        if delta["read"] >= produced and delta["written"] >= delta["valid"]:
+        # every valid touchpoint past the dedup stage (stored or dropped), every stored one
+        # written
+        deduplicated = delta["valid"] + delta["duplicates"] >= delta["validated"]
+        if delta["read"] >= produced and deduplicated and delta["written"] >= delta["valid"]:
             return now
         if time.monotonic() > deadline:
             raise ServiceUnavailableError(
@@ -137,7 +142,8 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
             console.print(f"alerts: friction of severity {alerts} or more is printed as found")
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
         with console.status(f"generating the workload (seed {seed})"):
-            workload = generate(customers, seed, start=start)
+            # event ids of this run's own: the same seed again on this home is no repeat
+            workload = generate(customers, seed, start=start, id_space=uuid.uuid4())
         with console.status("planting friction journeys"):
             planted = plant(settings, start, customers, timeout)
         report.expected = workload.expectation

@@ -42,25 +42,27 @@ class ReplayReport:
 
 async def projection_lags(settings: Settings) -> dict[str, int]:
     """How far each projection consumer group this worker runs is behind its input."""
+    from streams.friction import friction_group
+    from streams.journeys import journey_group
     from streams.kafka import group_lag
     from streams.topics import topics
 
     spec = topics(settings)
     n = settings.topic_partitions
-    faust_group = settings.projection_id
+    prefix = settings.projection_id
     pairs: dict[str, tuple[str, str]] = {}
     if settings.journeys_enabled:
-        pairs["journeys"] = (faust_group, spec.touchpoints.name)
-        pairs["journey inbox"] = (faust_group, spec.journey_inbox.name)
+        pairs["journeys"] = (journey_group(settings), spec.touchpoints.name)
+        pairs["journey inbox"] = (journey_group(settings), spec.journey_inbox.name)
     if settings.friction_enabled:
-        pairs["friction"] = (f"{faust_group}-friction", spec.touchpoints.name)
+        pairs["friction"] = (friction_group(settings), spec.touchpoints.name)
     if settings.sink_enabled:
-        pairs["touchpoints sink"] = (f"{faust_group}-sink-touchpoints", spec.touchpoints.name)
-        pairs["journeys sink"] = (f"{faust_group}-sink-journeys", spec.journey_states.name)
-        pairs["transitions sink"] = (f"{faust_group}-sink-journey_transitions",
+        pairs["touchpoints sink"] = (f"{prefix}-sink-touchpoints", spec.touchpoints.name)
+        pairs["journeys sink"] = (f"{prefix}-sink-journeys", spec.journey_states.name)
+        pairs["transitions sink"] = (f"{prefix}-sink-journey_transitions",
                                      spec.journey_transitions.name)
-        pairs["identities sink"] = (f"{faust_group}-sink-identities", spec.identity_links.name)
-        pairs["friction sink"] = (f"{faust_group}-sink-friction", spec.friction.name)
+        pairs["identities sink"] = (f"{prefix}-sink-identities", spec.identity_links.name)
+        pairs["friction sink"] = (f"{prefix}-sink-friction", spec.friction.name)
     return {name: await group_lag(settings.bootstrap, group, topic, n)
             for name, (group, topic) in pairs.items()}
 

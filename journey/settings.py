@@ -54,9 +54,6 @@ class Settings(BaseSettings):
         None, description="TOML file of friction rule thresholds; unset = the documented defaults"
     )
     sink_batch_seconds: float = 1.0
-    store: str = Field(
-        "rocksdb://", description="Faust table store: rocksdb:// (persistent) or memory://"
-    )
 
     @property
     def uses_local_stack(self) -> bool:

@@ -142,8 +142,9 @@ class _Person:
 class _Simulator:
     """Emits each person's journey as timed events; times are ms after the window start."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, id_space: uuid.UUID | None = None) -> None:
         self.rng = rng
+        self.id_space = id_space
         self.pending: list[tuple[int, Event]] = []
         self.case_seq = 0
         self.order_seq = 0
@@ -160,7 +161,10 @@ class _Simulator:
     # -- primitives ---------------------------------------------------------------
 
     def uuid(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        drawn = uuid.UUID(int=self.rng.getrandbits(128), version=4)
+        if self.id_space is None:
+            return str(drawn)
+        return str(uuid.uuid5(self.id_space, str(drawn)))
 
     def token(self, prefix: str) -> str:
         return f"{prefix}-{self.rng.getrandbits(48):012x}"
@@ -1078,8 +1082,12 @@ def generate(
     bad_ratio: float = 0.01,
     duplicate_ratio: float = 0.005,
     late_ratio: float = LATE_RATIO,
+    id_space: uuid.UUID | None = None,
 ) -> Workload:
     """Simulate `customers` people over the 30 days from `start` (about 16 events each).
+
+    `id_space` gives the event ids of a run their own namespace (UUIDv5 of the drawn
+    ones): the same seed sent twice into one home is then a new workload, not a repeat.
 
     Deterministic in (customers, seed, start, ratios); reads no clock. Every valid
     event lies in [start, start + 30 days], so with start = now - 30 days none is in
@@ -1102,7 +1110,7 @@ def generate(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _build(customers, seed, base, bad_ratio, duplicate_ratio, late_ratio)
+        return _build(customers, seed, base, bad_ratio, duplicate_ratio, late_ratio, id_space)
     finally:
         if collecting:
             gc.enable()
@@ -1115,10 +1123,11 @@ def _build(
     bad_ratio: float,
     duplicate_ratio: float,
     late_ratio: float,
+    id_space: uuid.UUID | None = None,
 ) -> Workload:
     end = base + WINDOW
     rng = random.Random(seed)
-    sim = _Simulator(rng)
+    sim = _Simulator(rng, id_space)
     for number in range(1, customers + 1):
         sim.person(number)
 

@@ -3,7 +3,7 @@
 import uuid
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,11 @@ class FrictionEvent(BaseModel):
     channel: Channel | None = None
     evidence: list[UuidText] = Field(description="event_ids of the triggering touchpoints.")
     message: str = Field(description="One human-readable sentence.")
+    status: Literal["detected", "retracted"] = Field(
+        default="detected",
+        description="detected: the friction holds (a later record of the same friction_id "
+        "replaces an earlier one); retracted: late evidence disproved it (wire format 1.1).",
+    )
 
 
 def friction_id_for(rule: str, customer_key: str, evidence_event_ids: Iterable[str],

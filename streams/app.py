@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 
 from journey.settings import Settings
 from projections.friction import FrictionConfig
+from streams.dedup import install_dedup
 from streams.friction import FrictionDetector, install_friction
 from streams.journeys import install_journeys
 from streams.kafka import create_topics
 from streams.metrics import Metrics
 from streams.sink import ClickHouseSink
-from streams.tables import declare_tables
 from streams.topics import Topics, topics
 from streams.validator import install_validator
 from streams.web import install_web
@@ -38,6 +39,17 @@ class Engine:
     friction_config: FrictionConfig = field(default_factory=FrictionConfig)
 
 
+class _WebAndTasks(BootStrategy):
+    """Faust starts the web server and the app's tasks, no Kafka client of its own: every
+    stage runs its own consumer and transactional producer (streams/batch.py)."""
+
+    enable_kafka = False
+
+
+class EngineApp(faust.App):
+    BootStrategy = _WebAndTasks
+
+
 def faust_broker(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
@@ -54,42 +66,37 @@ def create_engine(settings: Settings, friction: FrictionConfig) -> Engine:
         TRANSITIONS,
         migrate,
     )
-    from projections.clickhouse.writer import insert_records_json, insert_touchpoints_json
+    from projections.clickhouse.writer import (
+        insert_friction_json,
+        insert_records_json,
+        insert_touchpoints_json,
+    )
 
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = EngineApp(
         settings.projection_id,
         broker=faust_broker(settings.bootstrap),
-        store=settings.store,
-        # per generation: a replay must not find the previous generation's RocksDB state
+        # Faust hosts the web server and the tasks; the stages keep their own state
+        # (streams/store.py), so Faust has no tables and needs no store of its own.
         datadir=str(settings.worker_dir / settings.projection_id),
         key_serializer="raw",
-        value_serializer="json",  # tables; every topic declares raw bytes itself
+        value_serializer="raw",
         topic_partitions=settings.topic_partitions,
         topic_disable_leader=True,
         web_enabled=True,
         web_bind=settings.worker_host,
         web_host=settings.worker_host,
         web_port=settings.worker_port,
-        # Faust's defaults fetch in small steps; these raise consume throughput ~2x.
-        broker_max_poll_records=10000,
-        consumer_max_fetch_size=16 * 1024 * 1024,
-        stream_buffer_maxsize=50000,
-        stream_wait_empty=False,
         producer_acks=-1,
-        producer_linger=0.005,
-        producer_max_batch_size=512 * 1024,
-        producer_max_request_size=2 * 1024 * 1024,
     )
     spec = topics(settings)
     engine = Engine(app=app, settings=settings, topics=spec, metrics=Metrics(),
                     friction_config=friction)
 
-    tables = declare_tables(app, settings)
     install_validator(app, settings, spec, engine.metrics)
+    install_dedup(app, settings, spec, engine.metrics)
     if settings.journeys_enabled:
-        install_journeys(app, settings, spec, engine.metrics, tables.journeys,
-                         tables.identity_links)
+        install_journeys(app, settings, spec, engine.metrics)
     if settings.friction_enabled:
         engine.friction = install_friction(app, settings, spec, engine.metrics, friction)
 
@@ -97,6 +104,8 @@ def create_engine(settings: Settings, friction: FrictionConfig) -> Engine:
         def insert(values: Any) -> int:
             if table == TOUCHPOINTS:
                 return insert_touchpoints_json(engine.warehouse, values)
+            if table == FRICTION:
+                return insert_friction_json(engine.warehouse, values)
             return insert_records_json(engine.warehouse, table, values)
 
         return ClickHouseSink(

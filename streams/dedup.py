@@ -1,128 +1,158 @@
-"""The validator's dedup window per ingest partition: in memory, kept on a compacted changelog."""
+"""The dedup stage: the validated topic -> `touchpoints`, each event id once within the window.
+
+The validator keys every valid touchpoint by its customer key, so all repeats of an
+event id - however the producer keyed or partitioned them on the ingest topic - meet
+in one partition of the validated topic. This stage reads that topic (group
+`<app id>-dedup`) and remembers, per partition, each event id it passed on and when it
+first saw it, in a `PartitionStore` (RocksDB, with the compacted `<app id>.dedup-state`
+changelog as its truth). A repeat within `JOURNEY_DEDUP_WINDOW_HOURS` is dropped and
+counted; anything else goes to the same partition of `touchpoints`, bytes unchanged.
+Per batch the touchpoints, the window's changes and the consumed offsets are one Kafka
+transaction, so the window always matches what `touchpoints` holds, through crashes,
+restarts and rebalances.
+
+Store keys: `i<event id>` -> first seen (epoch seconds, text) and `t<first seen ms, 8
+bytes big-endian><event id>` -> empty, a time index from which ids leave the window.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections import Counter
+from typing import Any, Final
 
-from projections.ingest import DedupWindow, SeenIds, Sighting, SightingFormatError
-from streams.kafka import TopicPartition, make_consumer, read_partitions_to_end
-from streams.tables import Record
+import faust
+import orjson
+
+from journey.settings import Settings
+from projections.ingest import DedupWindow
+from streams.batch import TransactionalService, run_in_worker, transactional_id
+from streams.kafka import Record
+from streams.metrics import Metrics
+from streams.store import PartitionStore
+from streams.topics import Topics
+from streams.validator import EVENT_ID_HEADER
 
 log = logging.getLogger(__name__)
 
+SWEEP_EVERY_SECONDS: Final = 600.0
+SWEEP_LIMIT: Final = 50_000  # ids forgotten per batch at most, so a transaction stays small
+
 
 class DedupLayoutError(RuntimeError):
-    """The changelog topic is missing, or has fewer partitions than the ingest topic."""
+    """The validated topic, `touchpoints` and the changelog do not share a partition count."""
 
 
-class DedupState:
-    """The event ids each assigned ingest partition has seen within the window.
+def dedup_group(settings: Settings) -> str:
+    """Stable across generations: a replay does not deduplicate the event store again."""
+    return f"{settings.app_id}-dedup"
 
-    Changelog partition p holds the sightings of ingest partition p, keyed by event id
-    (value `[first seen, ingest offset]`, a tombstone once forgotten), so compaction
-    keeps one record per id and a restore reads each id's latest sighting. The caller
-    sends the records this class hands out in the same flushed send as the batch's
-    outputs, and restores only while nothing is being sent (the validator's lock).
-    """
 
-    def __init__(self, bootstrap: str, changelog: str, window: DedupWindow) -> None:
-        self.bootstrap = bootstrap
-        self.changelog = changelog
-        self.window = window
-        self.partitions: dict[int, SeenIds] = {}
-        self.malformed = 0  # changelog records skipped on restore: not written by a validator
-        self._reader: Any = None
+def id_key(event_id: str) -> bytes:
+    return b"i" + event_id.encode()
 
-    async def start(self) -> None:
-        # No group: the reader assigns itself the partitions to restore and commits nothing.
-        self._reader = make_consumer(self.bootstrap, group_id=None)
-        await self._reader.start()
 
-    async def stop(self) -> None:
-        if self._reader is not None:
-            await self._reader.stop()
-            self._reader = None
+def time_key(first_seen: float, event_id: str) -> bytes:
+    return b"t" + int(first_seen * 1000).to_bytes(8, "big") + event_id.encode()
 
-    async def check_layout(self, ingest_partitions: set[int], producer: Any) -> None:
-        """Refuse to start unless changelog partition p exists for each ingest partition p.
 
-        Otherwise the restore of a partition without one would fail over and over as
-        if the broker were away.
-        """
-        # Asked of the reader first: a metadata request from the producer could make
-        # a broker that auto-creates topics create the changelog without compaction.
-        if self.changelog not in await self._reader.topics():
-            raise DedupLayoutError(f"{self.changelog} does not exist: the worker creates it "
-                                   "with the other topics (streams.app.prepare_topics)")
-        have = set(await producer.partitions_for(self.changelog))
-        missing = sorted(ingest_partitions - have)
-        if missing:
+def event_id_of(message: Any) -> str:
+    """The event id the validator put in the header (decoded from the value otherwise)."""
+    for name, value in message.headers or ():
+        if name == EVENT_ID_HEADER:
+            return str(value.decode())
+    return str(orjson.loads(message.value)["event_id"])
+
+
+class DedupStage(TransactionalService):
+    """Drops repeats of an event id within the window; see the module docstring."""
+
+    name = "dedup stage"
+
+    def __init__(self, settings: Settings, spec: Topics, metrics: Metrics, *,
+                 sweep_seconds: float = SWEEP_EVERY_SECONDS) -> None:
+        group = dedup_group(settings)
+        super().__init__(
+            settings.bootstrap, sources=[spec.validated.name], group_id=group,
+            transactional_id=transactional_id(group, settings.worker_port),
+            client_id=f"{settings.app_id}-dedup", batch_size=settings.validator_batch_size,
+            changelog=spec.dedup_state.name,
+            store_root=settings.worker_dir / f"{settings.app_id}.dedup")
+        self.metrics = metrics
+        self.spec = spec
+        self.window = DedupWindow(settings.dedup_window_hours * 3600.0)
+        self.sweep_seconds = sweep_seconds
+        self._next_sweep = time.monotonic() + sweep_seconds
+
+    async def check(self, producer: Any) -> None:
+        counts = {name: len(await producer.partitions_for(name)) for name in
+                  (self.spec.validated.name, self.spec.touchpoints.name,
+                   self.spec.dedup_state.name)}
+        if len(set(counts.values())) != 1:
             raise DedupLayoutError(
-                f"{self.changelog} lacks partition(s) {missing} of the ingest topic: it "
-                "needs at least as many partitions as the ingest topic")
+                f"the validated topic, the event store and the dedup changelog need the same "
+                f"number of partitions, found {counts}: the worker creates them with "
+                "JOURNEY_TOPIC_PARTITIONS partitions")
 
-    def ids(self, partition: int) -> SeenIds | None:
-        """The window of an assigned, restored partition; None for any other."""
-        return self.partitions.get(partition)
+    def due(self) -> bool:
+        return time.monotonic() >= self._next_sweep
 
-    def sighting(self, partition: int, event_id: str, first_seen: float, offset: int) -> Record:
-        """The changelog record of an id first seen at `offset` of ingest `partition`."""
-        return (self.changelog, event_id.encode(), Sighting(first_seen, offset).encode(),
-                partition)
+    def handle(self, got: dict[Any, list[Any]]) -> tuple[list[Record], Counter[str]]:
+        now = time.time()
+        out: list[Record] = []
+        tally: Counter[str] = Counter()
+        store_topic = self.spec.touchpoints.name
+        for tp, messages in got.items():
+            store = self.stores[tp.partition]
+            for msg in messages:
+                event_id = event_id_of(msg)
+                if not self.remember(store, event_id, now):
+                    tally["duplicates"] += 1
+                    continue
+                tally["valid"] += 1
+                out.append(Record(store_topic, msg.key, msg.value, tp.partition))
+        if self.due():
+            self._next_sweep = time.monotonic() + self.sweep_seconds
+            for store in self.stores.values():
+                tally["forgotten"] += self.forget_expired(store, now)
+        return out, tally
 
-    def forget_expired(self, now: float) -> list[Record]:
-        """Drop the ids whose window has passed; returns their tombstones."""
-        tombstones: list[Record] = []
-        for partition, seen in self.partitions.items():
-            tombstones.extend((self.changelog, event_id.encode(), None, partition)
-                              for event_id in self.window.forget_expired(seen, now))
-        return tombstones
+    def remember(self, store: PartitionStore, event_id: str, now: float) -> bool:
+        """True for an id not seen within the window (now remembered), False for a repeat."""
+        key = id_key(event_id)
+        seen = store.get(key)
+        if seen is not None:
+            first_seen = float(seen)
+            if self.window.is_repeat(first_seen, now):
+                return False
+            store.put(time_key(first_seen, event_id), None)  # seen again after its window
+        store.put(key, repr(now).encode())
+        store.put(time_key(now, event_id), b"")
+        return True
 
-    def drop(self, partitions: Iterable[int]) -> None:
-        for partition in partitions:
-            self.partitions.pop(partition, None)
+    def forget_expired(self, store: PartitionStore, now: float) -> int:
+        """Forget the ids whose window has passed (at most SWEEP_LIMIT per call)."""
+        # expired: first seen at or before now - window (ms resolution of the index)
+        bound = b"t" + (int((now - self.window.window_seconds) * 1000) + 1).to_bytes(8, "big")
+        forgotten = 0
+        for key in store.keys_between(b"t", bound, limit=SWEEP_LIMIT):
+            store.put(key, None)
+            store.put(b"i" + key[9:], None)
+            forgotten += 1
+        if forgotten:
+            log.info("dedup window of partition %d: forgot %d event ids", store.partition,
+                     forgotten)
+        return forgotten
 
-    async def restore(self, resume: dict[int, int], now: float | None = None) -> None:
-        """Rebuild the window of each partition from its changelog.
+    def committed(self, tally: Counter[str]) -> None:
+        self.metrics.valid += tally["valid"]
+        self.metrics.duplicates += tally["duplicates"]
 
-        `resume` maps each ingest partition to the offset its consumption resumes from
-        (the group's committed offset): sightings at or past it belong to batches that
-        are routed again, and are ignored. Raises KafkaError when the broker does not
-        answer; nothing is kept then.
-        """
-        if not resume:
-            return
-        now = time.time() if now is None else now
-        tps = [TopicPartition(self.changelog, p) for p in sorted(resume)]
-        restored: dict[int, SeenIds] = {p: {} for p in resume}
-        outcomes: dict[str, int] = {}
-        began = time.monotonic()
 
-        def replay(record: Any) -> None:
-            outcome = self._replay(restored[record.partition], record, now,
-                                   resume[record.partition])
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-
-        await read_partitions_to_end(self._reader, tps, replay)
-        self.partitions.update(restored)
-        log.info("dedup window restored for partitions %s of %s in %.2fs: %s ids kept (%s)",
-                 sorted(resume), self.changelog, time.monotonic() - began,
-                 {p: len(restored[p]) for p in sorted(restored)}, outcomes)
-
-    def _replay(self, seen: SeenIds, record: Any, now: float, resume_offset: int) -> str:
-        try:
-            if record.key is None:
-                raise SightingFormatError("no key (event id)")
-            event_id = record.key.decode()
-            sighting = None if record.value is None else Sighting.decode(record.value)
-        except (UnicodeDecodeError, SightingFormatError) as exc:
-            # Someone else wrote to the changelog; skipping the record forgets at most
-            # one id, which only lets a repeat of it through to ClickHouse's own dedup.
-            self.malformed += 1
-            log.error("skipping malformed dedup changelog record %s[%d]@%d: %s",
-                      record.topic, record.partition, record.offset, exc)
-            return "malformed"
-        return self.window.replay(seen, event_id, sighting, now, resume_offset)
+def install_dedup(app: faust.App, settings: Settings, spec: Topics,
+                  metrics: Metrics) -> DedupStage:
+    """Run the dedup stage in the worker: started with the app, drained on shutdown."""
+    stage = DedupStage(settings, spec, metrics)
+    run_in_worker(app, stage)
+    return stage

@@ -1,22 +1,24 @@
-"""The friction detectors: touchpoints -> friction, exactly once, deadlines by event time.
+"""The friction detectors: touchpoints -> friction, exactly once, whatever the arrival order.
 
-Wiring only (the rules are `projections.friction`): the detector reads `touchpoints`
-in its own consumer group (`<projection id>-friction`), keeps each customer key's
-`FrictionState` in memory per partition, and per batch writes, in ONE Kafka
-transaction, the friction found, the changed states and the partition's watermark
-to the compacted `friction-state` changelog, and the batch's offsets. A restart, a
-rebalance or a failed batch therefore resumes from a state that matches the committed
-offsets exactly, and re-detects nothing twice; friction ids are deterministic anyway,
-so even a replay (a new generation) yields the same ids.
+Wiring only: the rules are `projections.friction`, and `projections.friction.timeline`
+makes each customer's friction a function of their touchpoints (an in-order replay of
+them), not of the order they arrive in. The detector reads `touchpoints` in its own
+consumer group (`<projection id>-friction`) as a `TransactionalService`: per batch ONE
+Kafka transaction carries the friction published and retracted, the changed timelines
+(compacted `<projection id>.friction-timeline`) and the consumed offsets.
 
-Deadlines run on event time: each partition's watermark is the newest `occurred_at`
-it has seen minus the allowed lateness. After every touchpoint that moves the
-watermark, every customer of that partition with a deadline at or before it is
-expired (a heap keyed by each customer's next deadline), so a breach is reported
-even if that customer never sends another event - as soon as any event of the
-partition is `allowed_lateness` past the deadline. Live processing and a replay see
-the same touchpoints in the same per-partition order, hence the same watermarks and
-the same friction.
+Per batch and partition: the touchpoints are grouped by customer key and each
+customer's timeline advances once with all of them; then the partition's watermark
+(its newest event time minus the allowed lateness) is moved, and every customer whose
+next deadline it passed is evaluated again, so a breach is reported even if that
+customer never sends another event. Late evidence that disproves published friction
+retracts it (a `status: retracted` record with the same friction id); late evidence
+that proves a passed deadline publishes it at once, dated at the deadline.
+
+Store keys of a partition: `w` -> the watermark; `c<customer key>` -> the timeline
+without its touchpoints; `e<customer key>\\0<event id>` -> one unsealed touchpoint
+(a `FrictionSignal`); `d<moment, 8 bytes big-endian><customer key>` -> the schedule of
+next deadlines. Nothing is kept in memory but a bounded cache of recent timelines.
 
 Identity: the state is keyed by the touchpoint's customer key (its customer_id, or the
 anonymous id before identification). Friction of a not-yet-identified visitor carries
@@ -25,11 +27,8 @@ the anonymous id; queries stitch it to the customer through the identities table
 
 from __future__ import annotations
 
-import asyncio
-import heapq
 import logging
-import socket
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -38,40 +37,31 @@ import faust
 import orjson
 
 from journey.settings import Settings
-from projections.friction import (
-    Finding,
-    FrictionConfig,
-    FrictionState,
-    detect,
-    expire,
-    next_deadline,
+from projections.friction import Finding, FrictionConfig
+from projections.friction.signal import FrictionSignal, signal_of
+from projections.friction.timeline import (
+    NO_TIME,
+    Advanced,
+    Timeline,
+    advance,
+    friction_id_of,
+    next_moment,
 )
-from projections.friction.rules import KIND_IN_ID, epoch_ms
 from schemas.codec import InvalidTouchpointError, decode_stored_touchpoint, encode_json
-from schemas.friction import FrictionEvent, friction_id_for
+from schemas.friction import FrictionEvent
 from schemas.touchpoint import identity_key
-from streams.batch import (
-    FIRST_RETRY_SECONDS,
-    MAX_RETRY_SECONDS,
-    BatchService,
-    Rebalance,
-    run_in_worker,
-)
-from streams.kafka import (
-    KafkaError,
-    TopicPartition,
-    make_consumer,
-    make_producer,
-    read_partitions_to_end,
-)
+from streams.batch import RepeatedWarning, TransactionalService, run_in_worker, transactional_id
+from streams.kafka import Record
 from streams.metrics import Metrics
+from streams.store import PartitionStore
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
-POLL_MS = 200
-WATERMARK_KEY: Final = b"\x00watermark"
-NO_TIME: Final = -(2**62)
+WATERMARK_KEY: Final = b"w"
+CACHE_SIZE: Final = 20_000  # timelines kept decoded in memory, least recently used first out
+_MOMENT_BYTES: Final = 8
+_MOMENT_BIAS: Final = 2**63  # moments may be negative (NO_TIME): biased to sort as unsigned
 
 
 def friction_group(settings: Settings) -> str:
@@ -79,258 +69,214 @@ def friction_group(settings: Settings) -> str:
     return f"{settings.projection_id}-friction"
 
 
-def friction_event(finding: Finding, customer_key: str, stage: str | None,
-                   detected_at: datetime) -> FrictionEvent:
+def friction_event(finding: Finding, customer_key: str, detected_at: datetime, *,
+                   retracted: bool = False) -> FrictionEvent:
     """The EVENTS.md friction event of a finding, with its deterministic id."""
-    kind = finding.kind if finding.rule in KIND_IN_ID else None
     return FrictionEvent(
-        friction_id=friction_id_for(finding.rule, customer_key, finding.evidence, kind),
+        friction_id=friction_id_of(finding, customer_key),
         rule=finding.rule,
         kind=finding.kind,
         severity=finding.severity,
         customer_key=customer_key,
         occurred_at=datetime.fromtimestamp(finding.occurred_at / 1000, UTC),
         detected_at=detected_at,
-        stage=stage or "",
+        stage=finding.stage or "",
         case_id=finding.case_id,
         channel=finding.channel,
         evidence=sorted(finding.evidence),
         message=finding.message,
+        status="retracted" if retracted else "detected",
     )
 
 
-@dataclass
-class PartitionState:
-    """One source partition's customers, watermark and deadline schedule."""
+def meta_key(key: str) -> bytes:
+    return b"c" + key.encode()
 
-    states: dict[str, FrictionState] = field(default_factory=dict)
+
+def event_key(key: str, event_id: str) -> bytes:
+    return b"e" + key.encode() + b"\x00" + event_id.encode()
+
+
+def moment_key(moment: int, key: str) -> bytes:
+    return b"d" + (moment + _MOMENT_BIAS).to_bytes(_MOMENT_BYTES, "big") + key.encode()
+
+
+@dataclass
+class _Watermark:
     max_seen: int = NO_TIME
     watermark: int = NO_TIME
-    # (deadline, key) entries; `scheduled` holds each key's live one, the rest are stale
-    heap: list[tuple[int, str]] = field(default_factory=list)
-    scheduled: dict[str, int] = field(default_factory=dict)
 
-    def schedule(self, key: str, state: FrictionState | None, config: FrictionConfig) -> None:
-        if state is None:
-            self.scheduled.pop(key, None)
-            return
-        due = next_deadline(state, config)
-        current = self.scheduled.get(key)
-        if current is None or due < current:
-            self.scheduled[key] = due
-            heapq.heappush(self.heap, (due, key))
-
-    def watermark_record(self) -> bytes:
+    def encode(self) -> bytes:
         return orjson.dumps({"max_seen": self.max_seen, "watermark": self.watermark})
 
 
-class FrictionDetector(BatchService):
+@dataclass
+class _Batch:
+    now: datetime
+    out: list[Record] = field(default_factory=list)
+    tally: Counter[str] = field(default_factory=Counter)
+
+
+class FrictionDetector(TransactionalService):
     """Runs every enabled rule over `touchpoints`; see the module docstring."""
 
     name = "friction detector"
 
     def __init__(self, settings: Settings, spec: Topics, metrics: Metrics,
                  config: FrictionConfig) -> None:
-        super().__init__()
-        self.settings = settings
+        group = friction_group(settings)
+        super().__init__(
+            settings.bootstrap, sources=[spec.touchpoints.name], group_id=group,
+            transactional_id=transactional_id(group, settings.worker_port),
+            client_id=f"{settings.projection_id}-friction",
+            batch_size=settings.validator_batch_size, changelog=spec.friction_state.name,
+            store_root=settings.worker_dir / settings.projection_id / "friction")
         self.metrics = metrics
         self.config = config
-        self.source = spec.touchpoints.name
         self.friction_topic = spec.friction.name
-        self.changelog = spec.friction_state.name
-        self.group_id = friction_group(settings)
-        self.batch_size = settings.validator_batch_size
-        self.partitions: dict[int, PartitionState] = {}
-        self._reader: Any = None
+        self._cache: OrderedDict[tuple[int, str], tuple[Timeline, int | None]] = OrderedDict()
+        self._late = RepeatedWarning(log)
 
-    # ---- the loop -------------------------------------------------------------------
+    # ---- a batch ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        self._running = True
-        self._done.clear()
-        consumer = make_consumer(self.settings.bootstrap, group_id=self.group_id,
-                                 max_poll_records=self.batch_size)
-        consumer.subscribe([self.source], listener=Rebalance(self))
-        # One transactional id per worker: a restarted worker fences its former self.
-        producer = make_producer(
-            self.settings.bootstrap, client_id=f"{self.settings.app_id}-friction",
-            transactional_id=f"{self.group_id}-{socket.gethostname()}-"
-                             f"{self.settings.worker_port}")
-        self._reader = make_consumer(self.settings.bootstrap, group_id=None)
-        self._consumer = consumer
-        try:
-            await self._reader.start()
-            await producer.start()
-            await consumer.start()
-            while not self._stopping.is_set():
-                got = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.batch_size)
-                generation = self._generation
-                if not await self._wait_ready():
-                    break
-                async with self._lock:
-                    if generation != self._generation:
-                        continue  # fetched before a rebalance: it comes again
-                    if got:
-                        await self._handle(got, producer, consumer)
-        finally:
-            self._ready.clear()
-            self._consumer = None
-            try:
-                await consumer.stop()
-                await producer.stop()
-            finally:
-                await self._reader.stop()
-                self._running = False
-                self._done.set()
-
-    async def _handle(self, got: dict[Any, list[Any]], producer: Any, consumer: Any) -> None:
-        """Detect over one batch and commit it in one transaction; on failure, rewind."""
-        events, changed, offsets = self._detect(got)
-        try:
-            await self._commit(producer, events, changed, offsets)
-        except KafkaError as exc:
-            self.metrics.send_failures += 1
-            log.warning("friction batch transaction failed (%s: %s): rewinding to the "
-                        "committed state", type(exc).__name__, exc)
-            delay = FIRST_RETRY_SECONDS
-            while not await self._pause(delay):
-                try:
-                    await self._rewind(consumer)
-                    return  # the batch comes again from the committed offsets
-                except KafkaError as again:
-                    log.warning("rewind failed (%s: %s); retrying in %.1fs",
-                                type(again).__name__, again, delay)
-                    delay = min(delay * 2, MAX_RETRY_SECONDS)
-            return
-        for _, _, rule in events:
-            self.metrics.friction[rule] += 1
-        self.metrics.friction_read += sum(len(m) for m in got.values())
-
-    def _detect(self, got: dict[Any, list[Any]]) -> tuple[
-            list[tuple[bytes, bytes, str]], dict[int, set[str]], dict[Any, int]]:
-        config = self.config
-        lateness = config.allowed_lateness
-        now = datetime.now(UTC)
-        events: list[tuple[bytes, bytes, str]] = []
-        changed: dict[int, set[str]] = {}
-        offsets: dict[Any, int] = {}
-
-        def emit(found: Iterable[Finding], key: str, state: FrictionState | None) -> None:
-            stage = state.stage if state is not None else None
-            for finding in found:
-                event = friction_event(finding, key, stage, now)
-                events.append((key.encode(), encode_json(event.model_dump(mode="json")),
-                               finding.rule))
-
+    def handle(self, got: dict[Any, list[Any]]) -> tuple[list[Record], Counter[str]]:
+        batch = _Batch(now=datetime.now(UTC))
         for tp, messages in got.items():
-            if not messages:
-                continue
-            part = self.partitions[tp.partition]
-            touched = changed.setdefault(tp.partition, set())
+            store = self.stores[tp.partition]
+            mark = self._watermark(store)
+            by_key: dict[str, list[tuple[FrictionSignal, Any]]] = {}
             for msg in messages:
+                batch.tally["read"] += 1
                 try:
                     touchpoint = decode_stored_touchpoint(msg.value or b"")
                 except InvalidTouchpointError as exc:
-                    self.metrics.friction_skipped += 1
+                    batch.tally["skipped"] += 1
                     log.error("%s[%d]@%d is not a touchpoint, skipped: %s", msg.topic,
                               msg.partition, msg.offset, exc)
                     continue
+                signal = signal_of(touchpoint)
                 key = touchpoint.customer_key or identity_key(touchpoint)
-                state, found = detect(part.states.get(key), touchpoint, config)
-                part.states[key] = state
-                part.schedule(key, state, config)
-                touched.add(key)
-                if found:
-                    emit(found, key, state)
-                part.max_seen = max(part.max_seen, epoch_ms(touchpoint))
-                if part.max_seen - lateness > part.watermark:
-                    part.watermark = part.max_seen - lateness
-                    self._expire(part, touched, emit)
-            offsets[tp] = messages[-1].offset + 1
-        return events, changed, offsets
+                by_key.setdefault(key, []).append((signal, msg))
+                mark.max_seen = max(mark.max_seen, signal.at)
+            if mark.max_seen - self.config.allowed_lateness > mark.watermark:
+                mark.watermark = mark.max_seen - self.config.allowed_lateness
+            for key, arrived in by_key.items():
+                self._advance(batch, store, key, arrived, mark.watermark)
+            self._expire_due(batch, store, mark.watermark, set(by_key))
+            store.put(WATERMARK_KEY, mark.encode())
+        return batch.out, batch.tally
 
-    def _expire(self, part: PartitionState, touched: set[str], emit: Any) -> None:
-        """Expire every customer of the partition whose deadline the watermark passed."""
-        heap, watermark = part.heap, part.watermark
-        while heap and heap[0][0] <= watermark:
-            due, key = heapq.heappop(heap)
-            if part.scheduled.get(key) != due:
-                continue  # superseded by an earlier deadline that already ran
-            del part.scheduled[key]
-            state = part.states.get(key)
-            if state is None:
-                continue
-            after, found = expire(state, watermark, self.config)
-            if after is None:
-                del part.states[key]
-            else:
-                part.states[key] = after
-                part.schedule(key, after, self.config)
-            touched.add(key)
-            if found:
-                emit(found, key, after or state)
+    def _advance(self, batch: _Batch, store: PartitionStore, key: str,
+                 arrived: list[tuple[FrictionSignal, Any]], watermark: int) -> None:
+        timeline, before = self._timeline(store, key)
+        result = advance(timeline, [s for s, _ in arrived], watermark, self.config, key)
+        if result.too_late:
+            late = {s.event_id for s in result.too_late}
+            for signal, msg in arrived:
+                if signal.event_id in late:
+                    batch.tally["too_late"] += 1
+                    self._late.warn(
+                        "%s[%d]@%d: touchpoint %s of %s is more than max_lateness behind the "
+                        "customer's newest event time: counted for journeys and tables, not "
+                        "for friction", msg.topic, msg.partition, msg.offset, signal.event_id,
+                        key)
+        batch.tally["repeated"] += result.repeated
+        self._save(batch, store, key, result, before, watermark)
 
-    async def _commit(self, producer: Any, events: list[tuple[bytes, bytes, str]],
-                      changed: dict[int, set[str]], offsets: dict[Any, int]) -> None:
-        async with producer.transaction():
-            futures = [await producer.send(self.friction_topic, value=value, key=key)
-                       for key, value, _ in events]
-            for partition, keys in changed.items():
-                part = self.partitions[partition]
-                for key in keys:
-                    state = part.states.get(key)
-                    value = None if state is None else orjson.dumps(state.to_dict())
-                    futures.append(await producer.send(
-                        self.changelog, key=key.encode(), value=value, partition=partition))
-                futures.append(await producer.send(
-                    self.changelog, key=WATERMARK_KEY, value=part.watermark_record(),
-                    partition=partition))
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
-            await asyncio.gather(*futures)
-
-    async def _rewind(self, consumer: Any) -> None:
-        """Back to the last committed transaction: its state and its offsets."""
-        assigned = sorted(consumer.assignment())
-        self._drop_state(self._all_partitions())
-        await self._restore_state(assigned)
-        for tp, offset in (await self._resume_offsets(assigned)).items():
-            consumer.seek(TopicPartition(self.source, tp), offset)
-
-    # ---- state per partition ------------------------------------------------------------
-
-    def _drop_state(self, partitions: Iterable[int]) -> None:
-        for partition in partitions:
-            self.partitions.pop(partition, None)
-
-    def _all_partitions(self) -> list[int]:
-        return list(self.partitions)
-
-    async def _restore_state(self, assigned: list[Any]) -> None:
-        """Read each assigned partition's changelog to its end (committed records only)."""
-        if not assigned:
+    def _expire_due(self, batch: _Batch, store: PartitionStore, watermark: int,
+                    done: set[str]) -> None:
+        """Evaluate again every customer whose scheduled moment the watermark passed."""
+        if watermark == NO_TIME:
             return
-        tps = [TopicPartition(self.changelog, tp.partition) for tp in assigned]
-        restored = {tp.partition: PartitionState() for tp in tps}
-        await read_partitions_to_end(
-            self._reader, tps, lambda record: self._replay(restored[record.partition], record))
-        for part in restored.values():
-            for key, state in part.states.items():
-                part.schedule(key, state, self.config)
-        self.partitions.update(restored)
-        log.info("friction state restored for partitions %s: %s customers",
-                 sorted(restored), {p: len(s.states) for p, s in sorted(restored.items())})
+        bound = moment_key(watermark + 1, "")
+        for entry in store.keys_between(b"d", bound, limit=1_000_000):
+            key = entry[1 + _MOMENT_BYTES:].decode()
+            if key in done:
+                continue  # advanced in this batch, with this watermark: rescheduled there
+            done.add(key)
+            timeline, moment = self._timeline(store, key)
+            result = advance(timeline, [], watermark, self.config, key)
+            self._save(batch, store, key, result, moment, watermark)
 
-    def _replay(self, part: PartitionState, record: Any) -> None:
-        if record.key == WATERMARK_KEY:
-            data = orjson.loads(record.value)
-            part.max_seen, part.watermark = data["max_seen"], data["watermark"]
+    def _save(self, batch: _Batch, store: PartitionStore, key: str, result: Advanced,
+              scheduled: int | None, watermark: int) -> None:
+        timeline = result.timeline
+        for signal in result.added:
+            store.put(event_key(key, signal.event_id), orjson.dumps(signal.to_dict()))
+        for signal in result.sealed:
+            store.put(event_key(key, signal.event_id), None)
+        for _, finding in result.published:
+            self._emit(batch, key, finding, retracted=False)
+        for _, finding in result.retracted:
+            self._emit(batch, key, finding, retracted=True)
+        moment = next_moment(timeline, watermark, self.config)
+        if scheduled is not None and scheduled != moment:
+            store.put(moment_key(scheduled, key), None)
+        if moment is None:
+            # Nothing pending and quiet for customer_ttl: forget the customer.
+            for signal in timeline.events:
+                store.put(event_key(key, signal.event_id), None)
+            store.put(meta_key(key), None)
+            self._cache.pop((store.partition, key), None)
+            batch.tally["forgotten"] += 1
             return
-        key = record.key.decode()
-        if record.value is None:
-            part.states.pop(key, None)
-        else:
-            part.states[key] = FrictionState.from_dict(orjson.loads(record.value))
+        if moment != scheduled:
+            store.put(moment_key(moment, key), b"")
+        meta = timeline.meta_dict()
+        meta["due"] = moment
+        store.put(meta_key(key), orjson.dumps(meta))
+        self._remember(store.partition, key, timeline, moment)
+
+    def _emit(self, batch: _Batch, key: str, finding: Finding, *, retracted: bool) -> None:
+        event = friction_event(finding, key, batch.now, retracted=retracted)
+        batch.out.append(Record(self.friction_topic, key.encode(),
+                                encode_json(event.model_dump(mode="json"))))
+        batch.tally[("retracted:" if retracted else "rule:") + finding.rule] += 1
+
+    # ---- state ------------------------------------------------------------------------
+
+    def _watermark(self, store: PartitionStore) -> _Watermark:
+        raw = store.get(WATERMARK_KEY)
+        if raw is None:
+            return _Watermark()
+        data = orjson.loads(raw)
+        return _Watermark(data["max_seen"], data["watermark"])
+
+    def _timeline(self, store: PartitionStore, key: str) -> tuple[Timeline, int | None]:
+        """The customer's timeline and its scheduled moment (None: nothing scheduled)."""
+        cached = self._cache.get((store.partition, key))
+        if cached is not None:
+            self._cache.move_to_end((store.partition, key))
+            return cached
+        raw = store.get(meta_key(key))
+        if raw is None:
+            return Timeline(), None
+        prefix = b"e" + key.encode() + b"\x00"
+        events = [FrictionSignal.from_dict(orjson.loads(v)) for _, v in store.scan(prefix)]
+        meta = orjson.loads(raw)
+        return Timeline.from_meta(meta, events), meta.get("due")
+
+    def _remember(self, partition: int, key: str, timeline: Timeline, due: int) -> None:
+        self._cache[(partition, key)] = (timeline, due)
+        self._cache.move_to_end((partition, key))
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def forgotten(self, partition: int) -> None:
+        # Whatever the cache holds of the partition may be ahead of its committed state.
+        for cached in [k for k in self._cache if k[0] == partition]:
+            del self._cache[cached]
+
+    def committed(self, tally: Counter[str]) -> None:
+        metrics = self.metrics
+        for name, n in tally.items():
+            if name.startswith("rule:"):
+                metrics.friction[name[5:]] += n
+            elif name.startswith("retracted:"):
+                metrics.friction_retracted[name[10:]] += n
+        metrics.friction_read += tally["read"]
+        metrics.friction_skipped += tally["skipped"]
+        metrics.friction_too_late += tally["too_late"]
 
 
 def install_friction(app: faust.App, settings: Settings, spec: Topics, metrics: Metrics,

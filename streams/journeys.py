@@ -1,4 +1,4 @@
-"""The journey agent: identity links and per-customer journeys, fed to ClickHouse.
+"""The journey projection: identity links and per-customer journeys, fed to ClickHouse.
 
 Partitioning: `touchpoints` is keyed by customer_id, or by anonymous_id before
 identification, and the journey inbox (link, merge and forwarded touch commands)
@@ -7,11 +7,23 @@ the link of an anonymous id always live in the partition of that key - on
 whichever worker owns it. An anonymous event whose id is already linked is
 forwarded to its customer's partition; an identify sends a link command to the
 anonymous id's partition, which moves the anonymous journey to the customer.
+
+Runtime: a `TransactionalService` (its own consumer group `<projection id>-journeys`
+over `touchpoints` and the inbox, the range assignor giving one worker partition p of
+both), not a Faust agent. Per batch, ONE Kafka transaction carries the journeys,
+transitions and identities rows, the inbox commands, the changed states (compacted
+`<projection id>.journey-state`) and the consumed offsets of both topics, so a
+touchpoint, a link or a merge is applied to a journey exactly once whatever crashes
+between two lines (docs/adr/0002-correct-for-any-producer.md).
+
+Store keys: `j<person key>` -> JourneyState JSON, `l<anonymous id>` -> IdentityLinks
+JSON.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,9 +42,10 @@ from projections.journey import (
 )
 from schemas.codec import decode_stored_touchpoint
 from schemas.touchpoint import Touchpoint
-from streams.delivery import as_current, send_all
+from streams.batch import TransactionalService, run_in_worker, transactional_id
+from streams.kafka import RangePartitionAssignor, Record
 from streams.metrics import Metrics
-from streams.tables import Record, put
+from streams.store import PartitionStore
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -90,37 +103,61 @@ class _Batch:
 
     journeys: dict[str, JourneyState | None] = field(default_factory=dict)
     links: dict[str, IdentityLinks] = field(default_factory=dict)
-    events: dict[str, Any] = field(default_factory=dict)  # key -> an event of its partition
+    partition: dict[str, int] = field(default_factory=dict)  # key -> its partition
     out: list[Record] = field(default_factory=list)
+    tally: Counter[str] = field(default_factory=Counter)
 
 
-class JourneyProjection:
-    """The wiring of the pure journey and identity code to Faust tables and topics."""
+JOURNEY_PREFIX = b"j"
+LINK_PREFIX = b"l"
+
+
+def journey_group(settings: Settings) -> str:
+    """Per generation, so a replay projects afresh."""
+    return f"{settings.projection_id}-journeys"
+
+
+class JourneyProjection(TransactionalService):
+    """The wiring of the pure journey and identity code to partition stores and topics."""
+
+    name = "journey projection"
 
     def __init__(self, settings: Settings, topics: Topics, metrics: Metrics,
-                 journeys: Any, links: Any, config: JourneyConfig | None = None) -> None:
+                 config: JourneyConfig | None = None) -> None:
+        group = journey_group(settings)
+        super().__init__(
+            settings.bootstrap, sources=[topics.touchpoints.name, topics.journey_inbox.name],
+            group_id=group, transactional_id=transactional_id(group, settings.worker_port),
+            client_id=f"{settings.projection_id}-journeys",
+            batch_size=settings.validator_batch_size, changelog=topics.journey_state.name,
+            store_root=settings.worker_dir / settings.projection_id / "journeys")
         self.settings = settings
         self.topics = topics
         self.metrics = metrics
-        self.journeys = journeys
-        self.links = links
         self.config = config or JourneyConfig()
 
+    def consumer_options(self) -> dict[str, Any]:
+        # Co-partitioned sources: partition p of both topics must go to one consumer.
+        return {"partition_assignment_strategy": (RangePartitionAssignor,)}
+
     # -- state access, coalesced per batch ------------------------------------------
+    def _store(self, batch: _Batch, key: str) -> PartitionStore:
+        return self.stores[batch.partition[key]]
+
     def _journey(self, batch: _Batch, key: str) -> JourneyState | None:
         if key in batch.journeys:
             return batch.journeys[key]
-        stored = self.journeys.get(key.encode())
-        return None if stored is None else JourneyState.from_dict(stored)
+        stored = self._store(batch, key).get(JOURNEY_PREFIX + key.encode())
+        return None if stored is None else JourneyState.from_dict(orjson.loads(stored))
 
     def _link(self, batch: _Batch, anonymous_id: str) -> IdentityLinks | None:
         if anonymous_id in batch.links:
             return batch.links[anonymous_id]
-        stored = self.links.get(anonymous_id.encode())
-        return None if stored is None else IdentityLinks.from_dict(stored)
+        stored = self._store(batch, anonymous_id).get(LINK_PREFIX + anonymous_id.encode())
+        return None if stored is None else IdentityLinks.from_dict(orjson.loads(stored))
 
     def _send(self, batch: _Batch, topic: str, key: str, row: dict[str, Any]) -> None:
-        batch.out.append((topic, key.encode(), orjson.dumps(row), None))
+        batch.out.append(Record(topic, key.encode(), orjson.dumps(row)))
 
     def _emit_update(self, batch: _Batch, key: str, state: JourneyState,
                      added: tuple[Transition, ...], retracted: tuple[Transition, ...],
@@ -132,22 +169,22 @@ class JourneyProjection:
             self._send(batch, topic, t.customer_key, transition_row(t, version, deleted=True))
         for t in added:
             self._send(batch, topic, key, transition_row(t, state.version, deleted=False))
-        self.metrics.journey["transitions"] += len(added)
-        self.metrics.journey["retracted"] += len(retracted)
+        batch.tally["transitions"] += len(added)
+        batch.tally["retracted"] += len(retracted)
 
     # -- the three things that can happen to a key --------------------------------
     def apply(self, batch: _Batch, key: str, tp: Touchpoint) -> None:
         update = apply_touchpoint(self._journey(batch, key), tp, self.config, customer_key=key)
         if update.duplicate:
-            self.metrics.journey["duplicates"] += 1
+            batch.tally["duplicates"] += 1
             return
-        self.metrics.journey["applied"] += 1
+        batch.tally["applied"] += 1
         self._emit_update(batch, key, update.state, update.transitions, update.retracted)
 
     def link(self, batch: _Batch, anonymous_id: str, identify: Touchpoint) -> None:
         links, outcome = link_identity(self._link(batch, anonymous_id), identify)
         batch.links[anonymous_id] = links
-        self.metrics.journey[f"identity_{outcome.value}"] += 1
+        batch.tally[f"identity_{outcome.value}"] += 1
         self._send(batch, self.topics.identity_links.name, anonymous_id, identity_row(links))
         if outcome is not LinkOutcome.LINKED:
             # CONFLICT keeps the first owner; RELINKED follows the earlier claim for
@@ -175,7 +212,7 @@ class JourneyProjection:
             update = merge_journeys(customer, anonymous, self.config)
             self._emit_update(batch, key, update.state, update.transitions, update.retracted,
                               retract_version=update.state.version + 1)
-        self.metrics.journey["merged"] += 1
+        batch.tally["merged"] += 1
 
     # -- routing ------------------------------------------------------------------
     def on_touchpoint(self, batch: _Batch, tp: Touchpoint, raw: bytes) -> None:
@@ -190,7 +227,7 @@ class JourneyProjection:
         if links is not None:
             command = {"command": "touch", "touchpoint": orjson.Fragment(raw)}
             self._send(batch, self.topics.journey_inbox.name, links.customer_id, command)
-            self.metrics.journey["forwarded"] += 1
+            batch.tally["forwarded"] += 1
         else:
             self.apply(batch, anonymous_id, tp)
 
@@ -205,66 +242,51 @@ class JourneyProjection:
         elif command == "merge":
             self.merge(batch, key, JourneyState.from_dict(body["state"]))
         else:
-            self.metrics.journey["unknown_commands"] += 1
+            batch.tally["unknown_commands"] += 1
             log.error("journey inbox: unknown command %r for key %s", command, key)
 
-    def handle(self, events: list[Any]) -> _Batch:
+    def handle(self, got: dict[Any, list[Any]]) -> tuple[list[Record], Counter[str]]:
         batch = _Batch()
         inbox = self.topics.journey_inbox.name
-        for event in events:
-            msg = event.message
-            key = msg.key.decode() if msg.key else ""
-            as_current(event)  # table reads look in the partition of the current event
-            batch.events[key] = event
-            try:
-                if msg.topic == inbox:
-                    self.on_command(batch, key, orjson.loads(msg.value))
-                else:
-                    self.on_touchpoint(batch, decode_stored_touchpoint(msg.value), msg.value)
-            except Exception as exc:  # a record only the engine writes; never stall on one
-                self.metrics.journey["failed"] += 1
-                log.error("journey projection skipped %s[%d]@%d: %s: %s", msg.topic,
-                          msg.partition, msg.offset, type(exc).__name__, exc)
-        return batch
+        for tp, messages in got.items():
+            for msg in messages:
+                key = msg.key.decode() if msg.key else ""
+                batch.partition[key] = tp.partition
+                try:
+                    if msg.topic == inbox:
+                        self.on_command(batch, key, orjson.loads(msg.value))
+                    else:
+                        self.on_touchpoint(batch, decode_stored_touchpoint(msg.value),
+                                           msg.value)
+                except Exception as exc:  # a record only the engine writes; never stall on one
+                    batch.tally["failed"] += 1
+                    log.error("journey projection skipped %s[%d]@%d: %s: %s", msg.topic,
+                              msg.partition, msg.offset, type(exc).__name__, exc)
+        self.save(batch)
+        return batch.out, batch.tally
 
     def save(self, batch: _Batch) -> None:
-        """Write each changed state once, in the partition of its key."""
+        """Write each changed state once, in the store of its key's partition."""
         for key, state in batch.journeys.items():
-            event = batch.events[key]
-            as_current(event)
-            partition = event.message.partition
+            store = self._store(batch, key)
             if state is None:
-                put(self.journeys, key.encode(), None, partition, batch.out)
+                store.put(JOURNEY_PREFIX + key.encode(), None)
             else:
-                data = state.to_dict()  # once: the table and the row both need it
-                put(self.journeys, key.encode(), data, partition, batch.out)
+                data = state.to_dict()  # once: the store and the row both need it
+                store.put(JOURNEY_PREFIX + key.encode(), orjson.dumps(data))
                 self._send(batch, self.topics.journey_states.name, key,
                            journey_row(state, data=data))
         for anonymous_id, links in batch.links.items():
-            event = batch.events[anonymous_id]
-            as_current(event)
-            put(self.links, anonymous_id.encode(), links.to_dict(), event.message.partition,
-                batch.out)
+            self._store(batch, anonymous_id).put(LINK_PREFIX + anonymous_id.encode(),
+                                                 orjson.dumps(links.to_dict()))
+
+    def committed(self, tally: Counter[str]) -> None:
+        self.metrics.journey.update(tally)
 
 
-def install_journeys(app: faust.App, settings: Settings, topics: Topics, metrics: Metrics,
-                     journeys: Any, links: Any) -> JourneyProjection:
-    projection = JourneyProjection(settings, topics, metrics, journeys, links)
-
-    async def project(stream: Any) -> None:
-        async for events in stream.take_events(settings.validator_batch_size, within=0.1):
-            batch = projection.handle(list(events))
-            projection.save(batch)
-            # Acked when this body returns: rows and commands must be on the broker first.
-            await send_all(app, batch.out, metrics)
-
-    # Two agents over co-partitioned topics share the tables: one Faust stream over
-    # both topics stalled under load (its own commands fed back into its buffer).
-    # Each batch reads and saves state without awaiting, so the agents never interleave
-    # inside a batch.
-    for topic, name in ((topics.touchpoints.name, "journeys"),
-                        (topics.journey_inbox.name, "journey-inbox")):
-        source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                           value_serializer="raw")
-        app.agent(source, name=name)(project)
+def install_journeys(app: faust.App, settings: Settings, topics: Topics,
+                     metrics: Metrics) -> JourneyProjection:
+    """Run the journey projection in the worker: started with the app, drained on shutdown."""
+    projection = JourneyProjection(settings, topics, metrics)
+    run_in_worker(app, projection)
     return projection

@@ -23,6 +23,8 @@ class TopicSpec:
 # The event store is never rewritten: projections are rebuilt from offset 0.
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 _FOUR_WEEKS = {"retention.ms": str(28 * 24 * 3600 * 1000)}
+_ONE_WEEK = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+_COMPACTED = {"cleanup.policy": "compact"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,20 +35,23 @@ class Topics:
     friction: TopicSpec
     # friction alerts whose delivery failed past the retry budget
     alerts_dlq: TopicSpec
-    # internal to the engine, named after the app id so a replay starts them afresh
+    # valid touchpoints keyed by customer, before the dedup stage
+    validated: TopicSpec
+    # internal to the engine, named after the projection id so a replay starts them afresh
     journey_inbox: TopicSpec
     journey_states: TopicSpec
     journey_transitions: TopicSpec
     identity_links: TopicSpec
-    # the validator's dedup window: partition p holds what ingest partition p has seen
-    dedup_window: TopicSpec
-    # the friction detectors' per-customer state and per-partition watermark
+    # the changelogs of the stages' per-partition state (streams/store.py)
+    dedup_state: TopicSpec
+    journey_state: TopicSpec
     friction_state: TopicSpec
 
     def all(self) -> tuple[TopicSpec, ...]:
         return (self.ingest, self.touchpoints, self.dlq, self.friction, self.alerts_dlq,
-                self.journey_inbox, self.journey_states, self.journey_transitions,
-                self.identity_links, self.dedup_window, self.friction_state)
+                self.validated, self.journey_inbox, self.journey_states,
+                self.journey_transitions, self.identity_links, self.dedup_state,
+                self.journey_state, self.friction_state)
 
 
 def topics(settings: Settings) -> Topics:
@@ -71,6 +76,11 @@ def topics(settings: Settings) -> Topics:
             settings.topic_alerts_dlq, "customer key",
             "friction event JSON plus the sink and the last delivery error", n, dict(_FOREVER),
         ),
+        # Named from the app id, not the projection's: a replay does not re-validate.
+        validated=TopicSpec(
+            f"{settings.app_id}.touchpoints.validated", "customer key",
+            "normalised touchpoint JSON, event id in the event_id header", n, dict(_ONE_WEEK),
+        ),
         journey_inbox=TopicSpec(
             f"{settings.projection_id}.journey-inbox", "person key",
             "journey command JSON: touch, link or merge", n, dict(_FOUR_WEEKS),
@@ -87,19 +97,19 @@ def topics(settings: Settings) -> Topics:
             f"{settings.projection_id}.identity-links", "anonymous id", "identities row JSON", n,
             dict(_FOUR_WEEKS),
         ),
-        # Named from the app id, not the projection's: a replay does not re-validate.
-        # Compacted, not expired by time: the validator writes a tombstone for each id
-        # that leaves the window, so the topic holds about one window's worth of ids.
-        dedup_window=TopicSpec(
-            f"{settings.app_id}.dedup-window", "event id",
-            "[first seen epoch s, ingest offset] JSON; tombstone = forgotten", n,
-            {"cleanup.policy": "compact"},
+        # Compacted changelogs: the latest value of each key of a stage's state, written in
+        # the same transaction as the stage's outputs and consumed offsets.
+        dedup_state=TopicSpec(
+            f"{settings.app_id}.dedup-state", "event id (and its time index entry)",
+            "first seen epoch s; tombstone = forgotten", n, dict(_COMPACTED),
         ),
-        # Compacted: the latest state of each customer key (tombstone = nothing pending)
-        # and one watermark record per partition, written in the same transaction as the
-        # friction found and the consumed offsets.
+        journey_state=TopicSpec(
+            f"{settings.projection_id}.journey-state", "person or anonymous id, prefixed",
+            "journey state and identity link JSON", n, dict(_COMPACTED),
+        ),
         friction_state=TopicSpec(
-            f"{settings.projection_id}.friction-state", "customer key (or the watermark key)",
-            "friction detector state JSON", n, {"cleanup.policy": "compact"},
+            f"{settings.projection_id}.friction-timeline", "customer key (and event), prefixed",
+            "friction detector timeline JSON and the partition's watermark", n,
+            dict(_COMPACTED),
         ),
     )

@@ -220,6 +220,44 @@ PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (customer_key, friction_id)
 """
 
+# Friction that late evidence disproved is retracted (EVENTS.md 1.1): a row with
+# is_deleted = 1 and a higher version, so FINAL hides it. The version is the detection
+# time in epoch milliseconds: a later record of a friction id replaces an earlier one.
+_FRICTION_COLUMNS = """
+    friction_id  String,
+    rule         LowCardinality(String),
+    kind         LowCardinality(String),
+    severity     LowCardinality(String),
+    customer_key String,
+    occurred_at  DateTime64(3, 'UTC'),
+    detected_at  DateTime64(3, 'UTC'),
+    stage        LowCardinality(String),
+    case_id      String,
+    channel      LowCardinality(String),
+    evidence     Array(String),
+    message      String,
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3),
+    version      UInt64,
+    is_deleted   UInt8"""
+_FRICTION_NEXT = "friction_next"
+_FRICTION_V1 = "friction_v1"
+_FRICTION_V1_COLUMNS = ("friction_id, rule, kind, severity, customer_key, occurred_at, "
+                        "detected_at, stage, case_id, channel, evidence, message, inserted_at")
+_FRICTION_RETRACTABLE = (
+    f"""
+CREATE TABLE IF NOT EXISTS {_FRICTION_NEXT}
+({_FRICTION_COLUMNS}
+)
+ENGINE = ReplacingMergeTree(version, is_deleted)
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (customer_key, friction_id)
+""",
+    f"INSERT INTO {_FRICTION_NEXT} ({_FRICTION_V1_COLUMNS}, version, is_deleted) "
+    f"SELECT {_FRICTION_V1_COLUMNS}, toUnixTimestamp64Milli(detected_at), 0 FROM {FRICTION}",
+    f"RENAME TABLE {FRICTION} TO {_FRICTION_V1}, {_FRICTION_NEXT} TO {FRICTION}",
+    f"DROP TABLE {_FRICTION_V1}",
+)
+
 # What `journey replay` empties and rebuilds from the event store.
 REBUILT_TABLES: tuple[str, ...] = (TOUCHPOINTS, JOURNEYS, TRANSITIONS, IDENTITIES, FRICTION)
 
@@ -277,6 +315,8 @@ READ_MODEL_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("channel", "LowCardinality(String)"),
         ("evidence", "Array(String)"),
         ("message", "String"),
+        ("version", "UInt64"),
+        ("is_deleted", "UInt8"),
     ),
 }
 
@@ -285,6 +325,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "create journeys, transitions and identities",
               (_JOURNEYS_DDL, _TRANSITIONS_DDL, _IDENTITIES_DDL)),
     Migration(3, "create friction", (_FRICTION_DDL,)),
+    Migration(4, "friction retractions: version and is_deleted", _FRICTION_RETRACTABLE),
 )
 
 

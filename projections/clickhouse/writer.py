@@ -17,6 +17,7 @@ import orjson
 
 from projections.clickhouse.client import Warehouse
 from projections.clickhouse.tables import (
+    FRICTION,
     READ_MODEL_COLUMNS,
     TOUCHPOINT_INSERT_COLUMNS,
     TOUCHPOINTS,
@@ -299,3 +300,16 @@ def insert_records(warehouse: Warehouse, table: str, records: Sequence[Mapping[s
 def insert_records_json(warehouse: Warehouse, table: str, payloads: Sequence[bytes]) -> int:
     """insert_records() for a read-model topic's records as they come (JSON bytes)."""
     return insert_records(warehouse, table, [orjson.loads(p) for p in payloads])
+
+
+def insert_friction_json(warehouse: Warehouse, payloads: Sequence[bytes]) -> int:
+    """The `friction` topic's records as `friction` rows: a retraction (status retracted)
+    becomes a deleted row, and each record's detection time its version, so the newest
+    record of a friction id is the one FINAL shows (or hides)."""
+    rows = []
+    for payload in payloads:
+        record = orjson.loads(payload)
+        record["version"] = _epoch_millis(record["detected_at"])
+        record["is_deleted"] = 1 if record.get("status") == "retracted" else 0
+        rows.append(record)
+    return insert_records(warehouse, FRICTION, rows)

@@ -2,8 +2,10 @@
 
 A TOML file overrides any of them; what is not in the file keeps its default:
 
-    allowed_lateness = "5m"          # how far behind its partition's newest event time
-                                     # an event may arrive and still count for deadlines
+    allowed_lateness = "5m"          # a deadline is reported once its partition has seen
+                                     # an event this much past it
+    max_lateness = "7d"              # how far behind its customer's newest event time a
+                                     # touchpoint may arrive and still be placed exactly
 
     [rules.sla_breach]
     first_response = { chat = "5m", email = "12h" }
@@ -196,6 +198,11 @@ class FrictionConfig:
     """Every rule's settings plus the watermark's allowed lateness and the state bounds."""
 
     allowed_lateness: int = 5 * MINUTE
+    # A touchpoint arriving up to this far behind its customer's newest event time is put
+    # in its place and the customer's friction found again (retracting what it
+    # disproves); later ones still count for journeys and tables, not for friction.
+    max_lateness: int = 7 * DAY
+    max_timeline_events: int = 500  # unsealed touchpoints kept per customer for that
     max_cases: int = 50  # open or recent cases kept per customer
     max_checkouts: int = 20  # pending checkouts kept per customer
     case_ttl: int = 30 * DAY  # an untouched case is forgotten after this
@@ -220,8 +227,8 @@ RULES: Final = (
     "repeat_contact", "sla_breach", "unreachable_help", "escalation", "failed_outcome",
     "checkout_abandoned", "negative_feedback", "channel_hopping", "cancellation_after_contact",
 )
-_TOP_LEVEL_DURATIONS: Final = ("allowed_lateness", "case_ttl", "customer_ttl")
-_TOP_LEVEL_COUNTS: Final = ("max_cases", "max_checkouts")
+_TOP_LEVEL_DURATIONS: Final = ("allowed_lateness", "max_lateness", "case_ttl", "customer_ttl")
+_TOP_LEVEL_COUNTS: Final = ("max_cases", "max_checkouts", "max_timeline_events")
 _DURATION_FIELDS: Final = frozenset({"topic_window", "within"})
 _CHANNELS: Final = frozenset(c.value for c in Channel) | {DEFAULT_CHANNEL}
 
@@ -299,7 +306,12 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "friction config")
             raise FrictionConfigError(
                 f"{where}: unknown setting {key!r} (known: "
                 f"{', '.join((*_TOP_LEVEL_DURATIONS, *_TOP_LEVEL_COUNTS, 'rules'))})")
-    return replace(config, **changes)
+    result = replace(config, **changes)
+    if result.max_lateness < result.allowed_lateness:
+        raise FrictionConfigError(
+            f"{where}: max_lateness ({format_duration(result.max_lateness)}) must be at least "
+            f"allowed_lateness ({format_duration(result.allowed_lateness)})")
+    return result
 
 
 def load_config(path: Path | None) -> FrictionConfig:

@@ -1,12 +1,13 @@
 """The friction rules as pure functions: customer state + one touchpoint + thresholds.
 
-`detect` applies one touchpoint: it tracks the customer's stage and support cases,
-then runs every enabled rule, each `detect_<rule>(state, touchpoint, config)` returning
-the new state and the friction it found. `expire` is the other half: given the
-partition's watermark (event time), it reports the deadlines that passed (a first
-response or resolution never given, a checkout never bought) and forgets what is too
-old to matter. Neither reads a clock or does I/O: time comes from the events and the
-watermark, so a replay of the same touchpoints finds the same friction.
+`detect` applies one touchpoint (as the `FrictionSignal` the rules read of it): it
+tracks the customer's stage and support cases, then runs every enabled rule, each
+`detect_<rule>(state, signal, config)` returning the new state and the friction it
+found. `expire` is the other half: given a moment of event time, it reports the
+deadlines that passed (a first response or resolution never given, a checkout never
+bought) and forgets what is too old to matter. Neither reads a clock or does I/O: time
+comes from the events and the watermark. `projections.friction.timeline` applies a
+customer's touchpoints in event-time order with these two, whatever order they arrive in.
 
 A contact is an inbound `support_contact` (direction inbound or unset) or a
 `billing_inquiry`; the first contact of an unknown case opens it. A first response is
@@ -32,6 +33,7 @@ from projections.friction.config import (
     UnreachableHelpConfig,
     format_duration,
 )
+from projections.friction.signal import FrictionSignal, signal_of
 from projections.friction.state import (
     CaseTrack,
     EarlyAnswer,
@@ -39,17 +41,12 @@ from projections.friction.state import (
     Mark,
     PendingCheckout,
 )
-from projections.journey import Stage, StageSignal, advance_stage, read_signal
-from schemas.commerce import CheckoutStartedProperties
-from schemas.feedback import ReviewProperties, SocialMentionProperties, SurveyResponseProperties
+from projections.journey import Stage, StageSignal, advance_stage
 from schemas.friction import Severity
-from schemas.self_service import ChatbotSessionProperties, IvrSessionProperties
-from schemas.service import SupportContactProperties
 from schemas.touchpoint import Touchpoint
 
 # Rules whose variants can share evidence: the kind is part of their friction id.
 KIND_IN_ID: Final = frozenset({"sla_breach"})
-_FIRST_RESPONSE_TYPES: Final = frozenset({"agent_response", "case_resolved"})
 _RESOLVED_AFTER: Final = {"case_resolved": True, "case_reopened": False}
 
 
@@ -65,50 +62,32 @@ class Finding:
     message: str
     case_id: str | None = None
     channel: str | None = None
+    stage: str | None = None  # the customer's stage when it was found (set by `detect`)
 
 
 Detected = tuple[FrictionState, list[Finding]]
 
 
-def epoch_ms(tp: Touchpoint) -> int:
-    return int(tp.occurred_at.timestamp() * 1000)
-
-
-def is_contact(tp: Touchpoint) -> bool:
-    """An inbound support contact or a billing inquiry (both carry a case)."""
-    if tp.type == "billing_inquiry":
-        return True
-    props = tp.properties
-    return isinstance(props, SupportContactProperties) and props.direction != "outbound"
-
-
-def _is_first_response(tp: Touchpoint) -> bool:
-    if tp.type in _FIRST_RESPONSE_TYPES:
-        return True
-    props = tp.properties
-    return isinstance(props, SupportContactProperties) and props.direction == "outbound"
-
-
 # ---- tracking shared by the case rules -----------------------------------------------
 
 
-def track(state: FrictionState, tp: Touchpoint, config: FrictionConfig) -> FrictionState:
+def track(state: FrictionState, tp: FrictionSignal, config: FrictionConfig) -> FrictionState:
     """Stage, last contact, purchases and the case's contacts and channels after `tp`."""
-    at = epoch_ms(tp)
-    signal = read_signal(tp)
+    at = tp.at
+    signal = StageSignal(tp.stage_signal)
     current = Stage(state.stage) if state.stage else None
     stage = advance_stage(current, signal, has_purchased=state.has_purchased)
     state = replace(state, stage=stage.value, last_seen=max(state.last_seen, at),
                     has_purchased=state.has_purchased or signal is StageSignal.PURCHASE)
     if tp.type == "purchase":
         state = state.with_purchase(at)
-    if is_contact(tp):
+    if tp.is_contact:
         last = state.last_contact
         if last is None or at >= last.at:
             state = replace(state, last_contact=Mark(at, tp.event_id))
-    if tp.case_id is None or not is_contact(tp):
+    if tp.case_id is None or not tp.is_contact:
         case = state.case(tp.case_id) if tp.case_id is not None else None
-        if case is None and tp.case_id is not None and _is_first_response(tp):
+        if case is None and tp.case_id is not None and tp.is_first_response:
             state = state.with_early(EarlyAnswer(tp.case_id, at, tp.type == "case_resolved"))
         if case is not None:
             resolved = _RESOLVED_AFTER.get(tp.type, case.resolved)
@@ -117,10 +96,9 @@ def track(state: FrictionState, tp: Touchpoint, config: FrictionConfig) -> Frict
                 config.max_cases)
         return state
     case = state.case(tp.case_id)
-    channel = tp.channel.value
+    channel = tp.channel
     if case is None:
-        topic = tp.properties.topic if isinstance(tp.properties, SupportContactProperties) \
-            else "billing"
+        topic = tp.topic
         early = state.early_for(tp.case_id, at)
         case = CaseTrack(case_id=tp.case_id, opened_at=at, channel=channel, topic=topic,
                          first_event=tp.event_id, contacts=1,
@@ -138,9 +116,9 @@ def track(state: FrictionState, tp: Touchpoint, config: FrictionConfig) -> Frict
     return state.with_case(case, config.max_cases)
 
 
-def _opened_by(state: FrictionState, tp: Touchpoint) -> CaseTrack | None:
+def _opened_by(state: FrictionState, tp: FrictionSignal) -> CaseTrack | None:
     """The case `tp` just opened (after `track`), else None."""
-    if tp.case_id is None or not is_contact(tp):
+    if tp.case_id is None or not tp.is_contact:
         return None
     case = state.case(tp.case_id)
     return case if case is not None and case.first_event == tp.event_id else None
@@ -149,22 +127,22 @@ def _opened_by(state: FrictionState, tp: Touchpoint) -> CaseTrack | None:
 # ---- the rules --------------------------------------------------------------------------
 
 
-def detect_repeat_contact(state: FrictionState, tp: Touchpoint,
+def detect_repeat_contact(state: FrictionState, tp: FrictionSignal,
                           config: RepeatContactConfig) -> Detected:
     """A further contact about a case, or a new case about the topic of an open one."""
-    if tp.case_id is None or not is_contact(tp):
+    if tp.case_id is None or not tp.is_contact:
         return state, []
     case = state.case(tp.case_id)
     if case is None:
         return state, []
-    at = epoch_ms(tp)
+    at = tp.at
     if case.first_event != tp.event_id:
         severity = config.severe if case.contacts >= config.severe_from else config.severity
         return state, [Finding(
             "repeat_contact", "case", severity, at, (case.first_event, tp.event_id),
             f"Contact number {case.contacts} about case {case.case_id}: "
             "the first contact did not resolve it.",
-            case_id=case.case_id, channel=tp.channel.value)]
+            case_id=case.case_id, channel=tp.channel)]
     earlier = [c for c in state.cases
                if c.case_id != case.case_id and not c.resolved and c.topic == case.topic
                and c.topic is not None and 0 <= at - c.opened_at <= config.topic_window]
@@ -174,10 +152,11 @@ def detect_repeat_contact(state: FrictionState, tp: Touchpoint,
     return state, [Finding(
         "repeat_contact", "topic", config.severity, at, (previous.first_event, tp.event_id),
         f"New case {case.case_id} about {case.topic!r} while case {previous.case_id} on the "
-        "same topic is still open.", case_id=case.case_id, channel=tp.channel.value)]
+        "same topic is still open.", case_id=case.case_id, channel=tp.channel)]
 
 
-def detect_sla_breach(state: FrictionState, tp: Touchpoint, config: SlaBreachConfig) -> Detected:
+def detect_sla_breach(state: FrictionState, tp: FrictionSignal,
+                      config: SlaBreachConfig) -> Detected:
     """Starts and stops the case's first-response and resolution clocks; `expire_sla`
     reports the deadlines that pass."""
     if tp.case_id is None:
@@ -185,7 +164,7 @@ def detect_sla_breach(state: FrictionState, tp: Touchpoint, config: SlaBreachCon
     case = state.case(tp.case_id)
     if case is None:
         return state, []
-    at = epoch_ms(tp)
+    at = tp.at
     opened = _opened_by(state, tp)
     if opened is not None:
         first_due: int | None = at + config.first_response_ms(case.channel)
@@ -198,7 +177,7 @@ def detect_sla_breach(state: FrictionState, tp: Touchpoint, config: SlaBreachCon
         case = replace(case, first_response_due=first_due, resolution_due=resolution_due)
         state = replace(state, early=tuple(e for e in state.early if e.case_id != case.case_id))
     else:
-        if _is_first_response(tp) and case.first_response_due is not None \
+        if tp.is_first_response and case.first_response_due is not None \
                 and at <= case.first_response_due:
             case = replace(case, first_response_due=None)
         if tp.type == "case_resolved":
@@ -236,30 +215,28 @@ def expire_sla(state: FrictionState, watermark: int, config: SlaBreachConfig) ->
     return (replace(state, cases=tuple(cases)) if found else state), found
 
 
-def detect_unreachable_help(state: FrictionState, tp: Touchpoint,
+def detect_unreachable_help(state: FrictionState, tp: FrictionSignal,
                             config: UnreachableHelpConfig) -> Detected:
     """An abandoned queue or IVR call, a long wait, a chatbot dead end."""
-    props = tp.properties
-    at = epoch_ms(tp)
-    channel = tp.channel.value
+    at = tp.at
+    channel = tp.channel
     finding: Finding | None = None
-    if isinstance(props, SupportContactProperties):
-        if props.abandoned:
+    if tp.type == "support_contact":
+        if tp.abandoned:
             finding = Finding("unreachable_help", "queue_abandoned", config.abandoned_severity,
                               at, (tp.event_id,),
                               f"The customer gave up waiting for an agent ({channel}).")
-        elif props.wait_seconds is not None and \
-                props.wait_seconds * 1000 > config.long_wait_ms(channel):
+        elif tp.wait_seconds is not None and \
+                tp.wait_seconds * 1000 > config.long_wait_ms(channel):
             finding = Finding("unreachable_help", "long_wait", config.severity, at,
                               (tp.event_id,),
-                              f"The customer waited {props.wait_seconds:.0f}s for an agent "
+                              f"The customer waited {tp.wait_seconds:.0f}s for an agent "
                               f"({channel}, limit "
                               f"{format_duration(config.long_wait_ms(channel))}).")
-    elif isinstance(props, IvrSessionProperties) and props.abandoned:
+    elif tp.type == "ivr_session" and tp.abandoned:
         finding = Finding("unreachable_help", "ivr_abandoned", config.severity, at,
                           (tp.event_id,), "The customer hung up in the phone menu.")
-    elif isinstance(props, ChatbotSessionProperties) and not props.resolved \
-            and not props.handed_off:
+    elif tp.type == "chatbot_session" and not tp.resolved and not tp.handed_off:
         finding = Finding("unreachable_help", "chatbot_dead_end", config.severity, at,
                           (tp.event_id,),
                           "A chatbot session neither solved the problem "
@@ -269,7 +246,8 @@ def detect_unreachable_help(state: FrictionState, tp: Touchpoint,
     return state, [replace(finding, case_id=tp.case_id, channel=channel)]
 
 
-def detect_escalation(state: FrictionState, tp: Touchpoint, config: EscalationConfig) -> Detected:
+def detect_escalation(state: FrictionState, tp: FrictionSignal,
+                      config: EscalationConfig) -> Detected:
     """Every escalation; the second and later of a case are more severe."""
     if tp.type != "escalation":
         return state, []
@@ -279,11 +257,11 @@ def detect_escalation(state: FrictionState, tp: Touchpoint, config: EscalationCo
         count = case.escalations + 1
         state = state.with_case(replace(case, escalations=count), len(state.cases))
     severity = config.repeated if count >= 2 else config.severity
-    to = getattr(tp.properties, "to", "another team")
+    to = tp.to or "another team"
     return state, [Finding(
-        "escalation", "repeated" if count >= 2 else "first", severity, epoch_ms(tp),
+        "escalation", "repeated" if count >= 2 else "first", severity, tp.at,
         (tp.event_id,), f"Case {tp.case_id} was escalated to {to} (escalation {count}).",
-        case_id=tp.case_id, channel=tp.channel.value)]
+        case_id=tp.case_id, channel=tp.channel)]
 
 
 _OUTCOMES: Final = {
@@ -293,36 +271,34 @@ _OUTCOMES: Final = {
 }
 
 
-def detect_failed_outcome(state: FrictionState, tp: Touchpoint,
+def detect_failed_outcome(state: FrictionState, tp: FrictionSignal,
                           config: FailedOutcomeConfig) -> Detected:
     """A failed payment or delivery, or a refund."""
     message = _OUTCOMES.get(tp.type)
     if message is None:
         return state, []
     severity = config.refund_severity if tp.type == "refund" else config.severity
-    reason = getattr(tp.properties, "reason", None)
+    reason = tp.reason
     text = message[:-1] + (f": {reason}." if reason else ".")
-    return state, [Finding("failed_outcome", tp.type, severity, epoch_ms(tp), (tp.event_id,),
-                           text, case_id=tp.case_id, channel=tp.channel.value)]
+    return state, [Finding("failed_outcome", tp.type, severity, tp.at, (tp.event_id,),
+                           text, case_id=tp.case_id, channel=tp.channel)]
 
 
-def detect_checkout_abandoned(state: FrictionState, tp: Touchpoint,
+def detect_checkout_abandoned(state: FrictionState, tp: FrictionSignal,
                               config: CheckoutAbandonedConfig, *, limit: int = 20) -> Detected:
     """Keeps checkouts pending until a purchase; `expire_checkouts` reports the rest."""
-    at = epoch_ms(tp)
+    at = tp.at
     if tp.type == "purchase":
         pending = tuple(c for c in state.checkouts if not c.at <= at <= c.due)
         return (replace(state, checkouts=pending) if pending != state.checkouts else state), []
-    props = tp.properties
-    if not isinstance(props, CheckoutStartedProperties):
+    if tp.type != "checkout_started" or tp.cart_value is None:
         return state, []
     due = at + config.within
     if any(at <= bought <= due for bought in state.purchases):
         return state, []
     # A checkout restarted before the earlier one's deadline continues that attempt.
     kept = [c for c in state.checkouts if not (c.at <= at < c.due)]
-    kept.append(PendingCheckout(at, tp.event_id, float(props.cart_value), due,
-                                tp.channel.value))
+    kept.append(PendingCheckout(at, tp.event_id, tp.cart_value, due, tp.channel))
     kept.sort(key=lambda c: (c.at, c.event_id))
     return replace(state, checkouts=tuple(kept[-limit:])), []
 
@@ -343,43 +319,41 @@ def expire_checkouts(state: FrictionState, watermark: int,
     return replace(state, checkouts=rest), found
 
 
-def detect_negative_feedback(state: FrictionState, tp: Touchpoint,
+def detect_negative_feedback(state: FrictionState, tp: FrictionSignal,
                              config: NegativeFeedbackConfig) -> Detected:
     """Low CSAT, NPS detractor, high effort, poor review, negative social mention."""
-    props = tp.properties
-    at = epoch_ms(tp)
+    at = tp.at
     found: tuple[str, Severity, str] | None = None
-    if isinstance(props, SurveyResponseProperties):
-        score = props.score
-        if props.survey == "csat" and score <= config.csat_max:
+    if tp.type == "survey_response" and tp.score is not None:
+        score = tp.score
+        if tp.survey == "csat" and score <= config.csat_max:
             found = ("csat", config.severity, f"A CSAT answer of {score} out of 5.")
-        elif props.survey == "nps" and score <= config.nps_max:
+        elif tp.survey == "nps" and score <= config.nps_max:
             found = ("nps", config.severity, f"An NPS answer of {score}: a detractor.")
-        elif props.survey == "ces" and score >= config.ces_min:
+        elif tp.survey == "ces" and score >= config.ces_min:
             found = ("ces", config.severity, f"A customer effort score of {score} out of 7.")
-    elif isinstance(props, ReviewProperties) and props.rating <= config.review_max:
-        found = ("review", config.public_severity, f"A public review of {props.rating} stars.")
-    elif isinstance(props, SocialMentionProperties) and props.sentiment == "negative":
-        public = props.public is not False
+    elif tp.type == "review" and tp.rating is not None and tp.rating <= config.review_max:
+        found = ("review", config.public_severity, f"A public review of {tp.rating} stars.")
+    elif tp.type == "social_mention" and tp.sentiment == "negative":
+        public = tp.public is not False
         found = ("social", config.public_severity if public else config.severity,
                  "A negative public social media post." if public
                  else "A negative private social media message.")
     if found is None:
         return state, []
     kind, severity, message = found
-    case_id = tp.case_id or (props.case_id if isinstance(props, SurveyResponseProperties)
-                             else None)
+    case_id = tp.case_id or tp.about_case
     return state, [Finding("negative_feedback", kind, severity, at, (tp.event_id,), message,
-                           case_id=case_id, channel=tp.channel.value)]
+                           case_id=case_id, channel=tp.channel)]
 
 
-def detect_channel_hopping(state: FrictionState, tp: Touchpoint,
+def detect_channel_hopping(state: FrictionState, tp: FrictionSignal,
                            config: ChannelHoppingConfig) -> Detected:
     """A contact that takes a case to a new channel, once it spans `min_channels`."""
-    if tp.case_id is None or not is_contact(tp):
+    if tp.case_id is None or not tp.is_contact:
         return state, []
     case = state.case(tp.case_id)
-    if case is None or case.channel_ids().get(tp.channel.value) != tp.event_id:
+    if case is None or case.channel_ids().get(tp.channel) != tp.event_id:
         return state, []
     n = len(case.channels)
     if n < config.min_channels:
@@ -387,17 +361,17 @@ def detect_channel_hopping(state: FrictionState, tp: Touchpoint,
     names = ", ".join(c for c, _ in case.channels)
     return state, [Finding(
         "channel_hopping", f"{n}_channels", config.severe if n >= config.severe_from
-        else config.severity, epoch_ms(tp), tuple(e for _, e in case.channels),
+        else config.severity, tp.at, tuple(e for _, e in case.channels),
         f"Case {case.case_id} has now been raised on {n} channels ({names}).",
-        case_id=case.case_id, channel=tp.channel.value)]
+        case_id=case.case_id, channel=tp.channel)]
 
 
-def detect_cancellation_after_contact(state: FrictionState, tp: Touchpoint,
+def detect_cancellation_after_contact(state: FrictionState, tp: FrictionSignal,
                                       config: CancellationAfterContactConfig) -> Detected:
     """A cancellation soon after friction, or after a service contact."""
     if tp.type != "subscription_cancelled":
         return state, []
-    at = epoch_ms(tp)
+    at = tp.at
 
     def recent(mark: Mark | None) -> bool:
         return mark is not None and 0 <= at - mark.at <= config.within
@@ -408,20 +382,20 @@ def detect_cancellation_after_contact(state: FrictionState, tp: Touchpoint,
         return state, [Finding(
             "cancellation_after_contact", "after_friction", config.after_friction_severity, at,
             (tp.event_id, state.last_friction.event_id),
-            f"The customer cancelled within {days} of friction.", channel=tp.channel.value)]
+            f"The customer cancelled within {days} of friction.", channel=tp.channel)]
     if recent(state.last_contact):
         assert state.last_contact is not None
         return state, [Finding(
             "cancellation_after_contact", "after_contact", config.severity, at,
             (tp.event_id, state.last_contact.event_id),
             f"The customer cancelled within {days} of a service contact.",
-            channel=tp.channel.value)]
+            channel=tp.channel)]
     return state, []
 
 
 # ---- applying all rules -----------------------------------------------------------------
 
-Rule = Callable[[FrictionState, Touchpoint, FrictionConfig], Detected]
+Rule = Callable[[FrictionState, FrictionSignal, FrictionConfig], Detected]
 
 RULE_FUNCTIONS: Final[dict[str, Rule]] = {
     "repeat_contact": lambda s, tp, c: detect_repeat_contact(s, tp, c.repeat_contact),
@@ -447,8 +421,11 @@ def _remember(state: FrictionState, found: Sequence[Finding]) -> FrictionState:
     return replace(state, last_friction=Mark(latest.occurred_at, latest.evidence[0]))
 
 
-def detect(state: FrictionState | None, tp: Touchpoint, config: FrictionConfig) -> Detected:
-    """Apply one touchpoint: the new state and the friction every enabled rule found."""
+def detect(state: FrictionState | None, touchpoint: FrictionSignal | Touchpoint,
+           config: FrictionConfig) -> Detected:
+    """Apply one touchpoint: the new state and the friction every enabled rule found,
+    each stamped with the stage the customer is in after it."""
+    tp = touchpoint if isinstance(touchpoint, FrictionSignal) else signal_of(touchpoint)
     state = track(state or FrictionState(), tp, config)
     found: list[Finding] = []
     for name, rule in RULE_FUNCTIONS.items():
@@ -460,7 +437,7 @@ def detect(state: FrictionState | None, tp: Touchpoint, config: FrictionConfig) 
         found.extend(more)
     if found:
         state = _remember(state, found)
-    return state, found
+    return state, [replace(f, stage=state.stage) for f in found]
 
 
 def expire(state: FrictionState, watermark: int,
@@ -489,6 +466,7 @@ def expire(state: FrictionState, watermark: int,
     early = tuple(e for e in state.early if e.at + config.case_ttl > watermark)
     if early != state.early:
         state = replace(state, early=early)
+    found = [replace(f, stage=state.stage) for f in found]
     if not state.cases and not state.checkouts and not state.early \
             and state.last_seen + config.customer_ttl <= watermark:
         return None, found

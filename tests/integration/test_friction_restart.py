@@ -117,7 +117,14 @@ async def test_a_restarted_detector_publishes_each_friction_once(own: Settings,
     assert await lag() == 0
     assert second > 0
 
-    records = await read_topic(own, own.topic_friction)
-    ids = [orjson.loads(r.value)["friction_id"] for r in records]
-    assert len(ids) == len(set(ids)), "no friction published twice"
-    assert set(ids) == planted.ids()
+    records = [orjson.loads(r.value) for r in await read_topic(own, own.topic_friction)]
+    # Friction a partition's watermark fired before its customer's answer arrived is
+    # retracted later: a friction id may appear more than once, but never twice in a row
+    # with the same content (that would be a repeat the restart caused).
+    last: dict[str, dict[str, Any]] = {}
+    for record in records:
+        content = {k: v for k, v in record.items() if k != "detected_at"}
+        assert last.get(record["friction_id"]) != content, f"published twice: {content}"
+        last[record["friction_id"]] = content
+    standing = {fid for fid, r in last.items() if r["status"] == "detected"}
+    assert standing == planted.ids()

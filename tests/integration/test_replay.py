@@ -31,7 +31,7 @@ SNAPSHOTS = {
     "journey_transitions": "SELECT * EXCEPT (version) FROM journey_transitions FINAL "
     "ORDER BY customer_key, occurred_at, transition_id",
     "identities": "SELECT * EXCEPT (version) FROM identities FINAL ORDER BY anonymous_id",
-    "friction": "SELECT * EXCEPT (detected_at, inserted_at) FROM friction FINAL "
+    "friction": "SELECT * EXCEPT (detected_at, inserted_at, version) FROM friction FINAL "
     "ORDER BY customer_key, friction_id",
 }
 

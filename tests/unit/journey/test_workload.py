@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -208,13 +207,6 @@ def test_default_size_is_about_50k_events_for_3000_customers(workload: Workload)
         e.get("customer_id") or e["anonymous_id"] for e in workload.events
     ).values()
     assert max(per_person) > 3 * min(per_person)  # journeys vary in length
-
-
-def test_generation_is_fast() -> None:
-    began = time.perf_counter()
-    generate(start=START)
-    # The brief asks for well under 2 s; leave headroom for slow CI machines.
-    assert time.perf_counter() - began < 4.0
 
 
 def test_every_channel_and_every_type_appears(workload: Workload) -> None:

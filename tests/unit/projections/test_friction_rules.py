@@ -29,6 +29,7 @@ from projections.friction.rules import (
     detect_failed_outcome,
     detect_unreachable_help,
 )
+from projections.friction.signal import signal_of
 from projections.friction.state import CaseTrack, Mark, PendingCheckout
 from schemas.codec import validate_touchpoint
 from schemas.friction import Severity, friction_id_for
@@ -456,7 +457,7 @@ def test_failed_outcome_without_reason() -> None:
     [t for t in EXAMPLE_TYPES if t not in ("payment_failed", "delivery_failed", "refund")])
 def test_other_types_are_no_failed_outcome(type_name: str) -> None:
     tp = touchpoint(type_name, 0, 1)
-    assert detect_failed_outcome(FrictionState(), tp, CONFIG.failed_outcome) == (
+    assert detect_failed_outcome(FrictionState(), signal_of(tp), CONFIG.failed_outcome) == (
         FrictionState(), [])
 
 
@@ -963,7 +964,7 @@ def test_unreachable_help_depends_on_the_touchpoint_alone(plan: list[Step]) -> N
     state, _ = run([MENU[s[1]](s[2], n, s[3], s[4])
                     for n, s in enumerate(plan, start=1) if s[0] == "event"],
                    state=FrictionState())
-    probe = contact(0, 999, abandoned=True)
+    probe = signal_of(contact(0, 999, abandoned=True))
     after, found = detect_unreachable_help(state, probe, CONFIG.unreachable_help)
     assert after is state
     assert found == detect_unreachable_help(FrictionState(), probe, CONFIG.unreachable_help)[1]
