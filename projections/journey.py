@@ -49,10 +49,12 @@ path is recomputed from it onwards; the transitions that changed are returned as
 `retracted` (their old `transition_id`s) and `transitions` (the new ones), so
 arrival order does not change the result while all events fit in the window. When
 the window overflows, the oldest entry is folded into the checkpoint. An event older
-than every folded one is applied as if it happened right after them: its counts are
-exact, its stage effect approximate, and transitions of folded events are never
-retracted. Duplicates are recognised by event_id within the window only (the
-validator also drops repeats within its dedup window).
+than every folded one counts exactly (tallies, and a purchase makes what follows
+retention), but takes no place in the stage path: the window is restaged from the
+checkpoint, and transitions of folded events are never retracted, so the stored chain
+of stages stays one consistent path in event time (each from_stage the previous
+to_stage). Duplicates are recognised by event_id within the window only (the dedup
+stage also drops repeats within its dedup window).
 """
 
 from __future__ import annotations
@@ -445,6 +447,8 @@ class JourneyUpdate:
     retracted: tuple[Transition, ...] = ()
     duplicate: bool = False
     """The event_id was already in the window: nothing changed."""
+    before_window: bool = False
+    """The event was older than every folded one: counted, but not placed in the path."""
 
 
 def apply_touchpoint(
@@ -461,7 +465,7 @@ def apply_touchpoint(
     """
     if state is None:
         key = customer_key or tp.customer_key or identity_key(tp)
-        state = _blank(key, tp.occurred_at)
+        state = blank_journey(key, tp.occurred_at)
     else:
         if customer_key is not None and customer_key != state.customer_key:
             raise ValueError(
@@ -473,6 +477,17 @@ def apply_touchpoint(
 
     signal = read_signal(tp)
     window = state.recent
+    folded_until = state.checkpoint.last_occurred_at
+    if folded_until is not None and tp.occurred_at < folded_until:
+        # Older than every folded event: its place in the path is out of reach.
+        checkpoint = replace(state.checkpoint, has_purchased=state.checkpoint.has_purchased
+                             or signal is StageSignal.PURCHASE)
+        _, before = _restage(state.customer_key, state.checkpoint, window)
+        restaged, after = _restage(state.customer_key, checkpoint, window)
+        tallied = _tally(state, tp, signal, config)
+        added, retracted = _difference(before, after)
+        return JourneyUpdate(replace(tallied, recent=restaged, checkpoint=checkpoint),
+                             added, retracted, before_window=True)
     position = bisect.bisect_right([kept.order for kept in window], (tp.occurred_at, tp.event_id))
     cursor = _cursor_at(state.checkpoint, window, position)
     entry = RecentTouchpoint(
@@ -504,8 +519,9 @@ def merge_journeys(
     windows are merged by event time and the stage path is replayed under the
     customer's key. Every transition of both old windows that the merged path does
     not repeat is retracted - all of the anonymous key's, as that key is gone. Exact
-    while neither journey has folded events; otherwise the later checkpoint is the
-    starting point and older events are approximate, as in `apply_touchpoint`.
+    while neither journey has folded events; otherwise the path starts from the
+    customer's checkpoint and events older than it count without a place in the path,
+    as in `apply_touchpoint`, so the customer's chain of stages stays one path.
     """
     if customer.customer_key == anonymous.customer_key:
         raise ValueError(f"cannot merge the journey of {customer.customer_key} into itself")
@@ -514,7 +530,20 @@ def merge_journeys(
         (*customer.recent, *(e for e in anonymous.recent if e.event_id not in known)),
         key=lambda entry: entry.order,
     )
-    start = _merge_checkpoints(customer.checkpoint, anonymous.checkpoint)
+    # The customer's folded part (and its transitions) stays as it is: the merged path
+    # starts from the customer's checkpoint, and the visitor's folded part counts (a
+    # purchase in it makes what follows retention) without a place in the path.
+    start = replace(customer.checkpoint, has_purchased=customer.checkpoint.has_purchased
+                    or anonymous.checkpoint.has_purchased)
+    if start.last_occurred_at is not None:
+        # Entries older than the folded part cannot take their place in the path (as in
+        # apply_touchpoint): they count, and a purchase among them makes what follows
+        # retention, but they leave the window so the chain stays one consistent path.
+        older = [e for e in window if e.occurred_at < start.last_occurred_at]
+        if older:
+            window = [e for e in window if e.occurred_at >= start.last_occurred_at]
+            start = replace(start, has_purchased=start.has_purchased or any(
+                e.signal is StageSignal.PURCHASE for e in older))
     _, customer_before = _restage(customer.customer_key, customer.checkpoint, customer.recent)
     _, anonymous_before = _restage(anonymous.customer_key, anonymous.checkpoint, anonymous.recent)
     restaged, after = _restage(customer.customer_key, start, window)
@@ -647,19 +676,11 @@ def _difference(
     return added, retracted
 
 
-def _merge_checkpoints(first: Checkpoint, second: Checkpoint) -> Checkpoint:
-    if second.last_occurred_at is None:
-        return first
-    if first.last_occurred_at is None:
-        return second
-    later = first if first.last_occurred_at >= second.last_occurred_at else second
-    return replace(later, has_purchased=first.has_purchased or second.has_purchased)
-
-
 # --- counts -----------------------------------------------------------------
 
 
-def _blank(customer_key: str, at: datetime) -> JourneyState:
+def blank_journey(customer_key: str, at: datetime) -> JourneyState:
+    """A journey with no touchpoint yet, first seen at `at`."""
     return JourneyState(
         customer_key=customer_key,
         version=0,

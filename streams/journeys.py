@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -37,8 +37,8 @@ from projections.journey import (
     JourneyState,
     Transition,
     apply_touchpoint,
+    blank_journey,
     merge_journeys,
-    window_transitions,
 )
 from schemas.codec import decode_stored_touchpoint
 from schemas.touchpoint import Touchpoint
@@ -200,18 +200,12 @@ class JourneyProjection(TransactionalService):
         batch.journeys[anonymous_id] = None
 
     def merge(self, batch: _Batch, key: str, anonymous: JourneyState) -> None:
-        customer = self._journey(batch, key)
-        if customer is None:
-            # Nothing known of the customer yet: the anonymous journey becomes theirs.
-            before = window_transitions(anonymous)
-            merged = replace(anonymous, customer_key=key, version=anonymous.version + 1,
-                             anonymous_ids={**anonymous.anonymous_ids,
-                                            anonymous.customer_key: anonymous.last_seen})
-            self._emit_update(batch, key, merged, window_transitions(merged), before)
-        else:
-            update = merge_journeys(customer, anonymous, self.config)
-            self._emit_update(batch, key, update.state, update.transitions, update.retracted,
-                              retract_version=update.state.version + 1)
+        # Nothing known of the customer yet: the anonymous journey becomes theirs, merged
+        # into an empty one so the customer's chain of stages starts at the start.
+        customer = self._journey(batch, key) or blank_journey(key, anonymous.first_seen)
+        update = merge_journeys(customer, anonymous, self.config)
+        self._emit_update(batch, key, update.state, update.transitions, update.retracted,
+                          retract_version=update.state.version + 1)
         batch.tally["merged"] += 1
 
     # -- routing ------------------------------------------------------------------

@@ -471,10 +471,10 @@ def test_late_events_are_exact_while_they_land_in_the_window(
     assert net.keys() == expected_net.keys()
 
 
-def test_an_event_older_than_the_window_counts_exactly_but_steps_approximately() -> None:
+def test_an_event_older_than_the_window_counts_exactly_and_keeps_the_chain_consistent() -> None:
     config = JourneyConfig(recent_limit=3)
     visits = [touchpoint("site_visit", 10 + i, 1 + i) for i in range(4)]
-    state, _ = run(visits, config)
+    state, emitted = run(visits, config)
     assert (state.checkpoint.stage, state.checkpoint.last_type) == (C, "site_visit")
 
     update = apply_touchpoint(state, touchpoint("purchase", 0, 9), config)
@@ -482,18 +482,19 @@ def test_an_event_older_than_the_window_counts_exactly_but_steps_approximately()
     # Counts are exact: the purchase happened, before all four visits.
     assert (update.state.purchases, update.state.touchpoints) == (1, 5)
     assert update.state.first_seen == START
-    # Its stage effect is applied right after the folded visit (minute 10), not at
-    # minute 0: in event time the first visit would already be retention.
-    assert (update.state.checkpoint.stage, update.state.checkpoint.has_purchased) == (P, True)
+    assert update.before_window
+    # Its place in the path (before the folded visit at minute 10) is out of reach: it
+    # emits no transition of its own, but the customer has bought, so the visits in
+    # the window are retention now.
+    assert (update.state.checkpoint.stage, update.state.checkpoint.has_purchased) == (C, True)
     assert update.state.checkpoint.last_occurred_at == START + timedelta(minutes=10)
     assert update.state.stage is R
-    assert steps(update.transitions) == [
-        (C, P, "site_visit", "purchase"),
-        (P, R, "site_visit", "site_visit"),
-    ]
+    assert steps(update.transitions) == [(C, R, "site_visit", "site_visit")]
     assert update.retracted == ()
-    # Folded events are out of reach: never retracted, and a repeat is not recognised.
-    assert window_transitions(update.state) == update.transitions[1:]
+    # The stored chain in event time is one path: each from_stage the previous to_stage.
+    chain = sorted((*emitted.values(), *update.transitions), key=lambda t: t.occurred_at)
+    assert [t.from_stage for t in chain[1:]] == [t.to_stage for t in chain[:-1]]
+    assert window_transitions(update.state) == update.transitions
 
 
 def test_open_cases_follow_event_time() -> None:
