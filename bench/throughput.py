@@ -586,11 +586,13 @@ def run(events: int, seed: int, keep: bool) -> Report:
         # for the same two cores (it is measured on its own elsewhere).
         validator = worker_settings(base, run_dir, "validator", sink_enabled=False,
                                     journeys_enabled=False)
-        with phase("validator worker (sink off)") as progress, \
+        # The validator and the dedup stage together: from the ingest topic to the event
+        # store, each touchpoint validated, re-keyed, deduplicated, stored once.
+        with phase("validator + dedup worker (sink off)") as progress, \
                 running_worker(validator) as (worker, spawned, ready):
-            w = watch(validator, worker, spawned, ready, "read", events, "validator: read",
-                      progress)
-        report.rates["validator"] = steady_rate("validator", w, events, "events")
+            w = watch(validator, worker, spawned, ready, "valid", events,
+                      "validator + dedup: stored", progress)
+        report.rates["validator"] = steady_rate("validator + dedup", w, events, "events")
         report.rates["validator_cold"] = Rate(
             "validator incl. worker start", events, w.end_at - w.spawned,
             f"from spawning the worker (ready after {w.ready - w.spawned:.1f}s)")

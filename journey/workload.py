@@ -1222,11 +1222,18 @@ _HELPDESK_END: Final = {
 def _helpdesk_steps(
     case: str, activity: str, agent: str, opened: set[str], resolved: set[str]
 ) -> list[tuple[str, str, Event]]:
-    """The touchpoints (event_id suffix, type, properties) one log row stands for."""
-    steps: list[tuple[str, str, Event]] = []
+    """The touchpoints (event_id suffix, type, properties) one log row stands for.
+
+    A ticket's first row, whatever its activity, is the moment the ticket was opened:
+    the customer's contact, and nothing else - the log does not say when the help desk
+    first answered, so that row is no response (which would make every first response
+    take 0 s) and no second contact (which would invent a repeat contact).
+    """
     if case not in opened:
         opened.add(case)
-        steps.append(("|opened", "support_contact", {"topic": "software", "direction": "inbound"}))
+        return [("", "support_contact", {"topic": "software", "direction": "inbound",
+                                          "activity": activity})]
+    steps: list[tuple[str, str, Event]] = []
     if activity in _HELPDESK_WORK:
         type_, target = _HELPDESK_WORK[activity]
         if case in resolved:
@@ -1263,8 +1270,9 @@ def replay_helpdesk(path: str | Path, *, end: datetime | None = None) -> Iterato
 
     The log has no customer or channel, so each ticket's requester becomes customer
     `HD-<case>` and every event is on `email`. A ticket's first row is the customer's
-    contact; work rows become agent_response or escalation, the first closing row
-    case_resolved, and work after a resolution a case_reopened. `Wait` rows are not
+    contact (only that: see `_helpdesk_steps`); later work rows become agent_response
+    or escalation, the first closing row case_resolved, and work after a resolution a
+    case_reopened. `Wait` rows are not
     touchpoints. event_id is a UUIDv5 of the row, so the source's exact duplicate rows
     yield duplicate events, as a retrying producer would. With `end`, the log is
     shifted so its last event lands there; events come out in time order.

@@ -54,9 +54,10 @@ def status(
     table = Table(title=f"worker {settings.worker_url}  (up {c['uptime_seconds']:.0f}s)")
     table.add_column("counter")
     table.add_column("value", justify="right")
-    for name in ("read", "valid", "invalid", "duplicates", "written", "sink_batches",
-                 "sink_failures", "send_failures"):
-        table.add_row(name, f"{c[name]:,}")
+    for name in ("read", "validated", "valid", "invalid", "duplicates", "written",
+                 "sink_batches", "sink_failures", "send_failures"):
+        if name in c:
+            table.add_row(name, f"{c[name]:,}")
     for reason, n in c["invalid_by_reason"].items():
         table.add_row(f"  invalid: {reason}", f"{n:,}")
     for name, n in c.get("journey", {}).items():
@@ -65,8 +66,12 @@ def status(
         table.add_row("friction detectors: touchpoints", f"{c['friction_read']:,}")
         if c.get("friction_skipped"):
             table.add_row("  skipped (not a touchpoint)", f"{c['friction_skipped']:,}")
+        if c.get("friction_too_late"):
+            table.add_row("  too late (not used for friction)", f"{c['friction_too_late']:,}")
     for rule, n in c.get("friction", {}).items():
         table.add_row(f"  friction: {rule}", f"{n:,}")
+    for rule, n in c.get("friction_retracted", {}).items():
+        table.add_row(f"  retracted: {rule}", f"{n:,}")
     console.print(table)
     console.print(f"bootstrap {data['bootstrap']}  warehouse {data['warehouse']}")
     if c.get("last_insert_error"):

@@ -36,8 +36,10 @@ def test_the_log_becomes_valid_service_touchpoints(
     code, out, err = run(["samples", "helpdesk", str(log), "--end", "original"], capsys)
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
-    assert events[0]["type"] == "support_contact"
-    assert "case_resolved" in [e["type"] for e in events]
+    # the first row opens the ticket: one contact, and no response at that same moment
+    assert [e["type"] for e in events] == [
+        "support_contact", "agent_response", "case_resolved"]
+    assert events[1]["occurred_at"].startswith("2010-01-14T09:00:00")
     assert {e["case_id"] for e in events} == {"Case1"}
     assert events[0]["occurred_at"].startswith("2010-01-13T08:40:25")
     for event in events:

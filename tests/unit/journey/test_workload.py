@@ -427,6 +427,17 @@ def test_helpdesk_replay_maps_tickets_to_service_touchpoints() -> None:
     assert moments == sorted(moments) and max(moments) == end
     ids = Counter(e["event_id"] for e in events)
     assert 0 < sum(n - 1 for n in ids.values()) <= 127  # the source's duplicate rows
+    # The log has one "Insert ticket" at most per ticket and no customer contact after
+    # the first row: one contact per ticket, and no first response at the moment of it.
+    contacts = Counter(e["case_id"] for e in events if e["type"] == "support_contact")
+    assert set(contacts.values()) == {1}
+    opened = {e["case_id"]: e["occurred_at"] for e in events if e["type"] == "support_contact"}
+    first_answer: dict[str, str] = {}
+    for e in events:
+        if e["type"] in ("agent_response", "case_resolved"):
+            first_answer.setdefault(e["case_id"], e["occurred_at"])
+    instant = sum(1 for case, at in first_answer.items() if at == opened[case])
+    assert instant < len(first_answer) / 10, "first responses are not all at 0 s"
     assert [e["event_id"] for e in replay_helpdesk(HELPDESK)] != []
 
 

@@ -9,6 +9,7 @@ of each customer's touchpoints (`evaluate`), field for field.
 
 from __future__ import annotations
 
+import itertools
 import random
 import tempfile
 import uuid
@@ -140,7 +141,7 @@ def detect_in_batches(stream: list[tuple[int, bytes]], cuts: list[int],
     try:
         offsets = [0] * PARTITIONS
         bounds = [0, *sorted(set(cuts)), len(stream)]
-        for lo, hi in zip(bounds, bounds[1:], strict=False):
+        for lo, hi in itertools.pairwise(bounds):
             got: dict[Any, list[Any]] = {}
             for p, raw in stream[lo:hi]:
                 tp = TopicPartition(detector.sources[0], p)

@@ -10,6 +10,7 @@ journey and every person's stored stage chain is one consistent path in event ti
 
 from __future__ import annotations
 
+import itertools
 import random
 import tempfile
 from collections import Counter
@@ -126,6 +127,6 @@ def test_counts_are_exact_and_every_stage_chain_is_one_path(seed: int, lag: list
             continue
         stages = [(r["from_stage"], r["to_stage"]) for r in chain]
         assert chain[0]["from_stage"] == "", (person, stages)
-        for before, after in zip(chain, chain[1:], strict=False):
+        for before, after in itertools.pairwise(chain):
             assert after["from_stage"] == before["to_stage"], (person, stages)
         assert journeys[person]["stage"] == chain[-1]["to_stage"], (person, stages)
