@@ -309,10 +309,9 @@ class TransactionalService(BatchService):
             await self.check(producer)
             await consumer.start()
             while not self._stopping.is_set():
-                got = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.batch_size)
-                # Read right after getmany returns (no await in between): the records
-                # belong to the assignment of this generation.
+                # Records fetched while a rebalance happened belong to the old assignment.
                 generation = self._generation
+                got = await self._fetch(consumer)
                 if not await self._wait_ready():
                     break
                 async with self._lock:
@@ -340,6 +339,28 @@ class TransactionalService(BatchService):
 
     async def check(self, producer: Any) -> None:
         """Refuse to start on a topic layout the service cannot work with."""
+
+    async def _fetch(self, consumer: Any) -> dict[Any, list[Any]]:
+        """One batch, an equal share from each assigned partition that has records.
+
+        aiokafka's getmany drains one partition's fetched records before the next one's,
+        so a backlog would be read partition after partition. Producers that send without
+        a key spread each customer's touchpoints over the ingest partitions, and reading
+        those one after the other would put a customer's touchpoints days out of event-time
+        order; equal shares keep the partitions, and so the event times, together.
+        """
+        partitions = sorted(consumer.assignment())
+        if len(partitions) <= 1:
+            got: dict[Any, list[Any]] = await consumer.getmany(
+                timeout_ms=POLL_MS, max_records=self.batch_size)
+            return got
+        share = max(1, self.batch_size // len(partitions))
+        got = {}
+        for tp in partitions:
+            got.update(await consumer.getmany(tp, timeout_ms=0, max_records=share))
+        if not got:  # nothing fetched yet: wait for whatever comes first
+            got = await consumer.getmany(timeout_ms=POLL_MS, max_records=share)
+        return got
 
     async def _skip_markers(self, producer: Any, consumer: Any) -> None:
         """When idle, commit positions that moved past record-free offsets only (the commit

@@ -105,6 +105,10 @@ class Timeline:
     base: FrictionState | None = None
     sealed: Order | None = None  # the order key of the newest sealed touchpoint
     newest: int = NO_TIME
+    # The partition's event time (its watermark, or the newest touchpoint if later) when
+    # touchpoints of the customer last arrived: quiet is measured from there, not from
+    # the customer's own newest, so an import of old history is not forgotten at once.
+    touched: int = NO_TIME
     events: tuple[FrictionSignal, ...] = ()
     open: Mapping[str, Finding] = field(default_factory=dict)
     head: Head | None = field(default=None, compare=False)  # a cache, never serialised
@@ -113,7 +117,7 @@ class Timeline:
         """Everything but the unsealed touchpoints, which are stored one by one."""
         return {"base": None if self.base is None else self.base.to_dict(),
                 "sealed": None if self.sealed is None else list(self.sealed),
-                "newest": self.newest,
+                "newest": self.newest, "touched": self.touched,
                 "open": {fid: finding_to_dict(f) for fid, f in self.open.items()}}
 
     @classmethod
@@ -122,7 +126,7 @@ class Timeline:
         sealed = data["sealed"]
         return cls(base=None if data["base"] is None else FrictionState.from_dict(data["base"]),
                    sealed=None if sealed is None else (sealed[0], sealed[1]),
-                   newest=data["newest"],
+                   newest=data["newest"], touched=data.get("touched", data["newest"]),
                    events=tuple(sorted(events, key=lambda e: e.order)),
                    open={fid: finding_from_dict(f) for fid, f in data["open"].items()})
 
@@ -170,6 +174,7 @@ def advance(timeline: Timeline, new: Sequence[FrictionSignal], watermark: int,
         state, found = run(timeline.base, events, config)
         head = Head(state, tuple(found))
     newest = max([timeline.newest, *(e.at for e in fresh)])
+    touched = max(timeline.touched, watermark, newest) if fresh else timeline.touched
 
     current: dict[str, tuple[Order, Finding]] = {}
     for order, finding in head.found:
@@ -195,8 +200,8 @@ def advance(timeline: Timeline, new: Sequence[FrictionSignal], watermark: int,
     fresh_ids = {e.event_id for e in fresh}
     sealed_ids = {e.event_id for e in sealed}
     return Advanced(
-        Timeline(base=base, sealed=sealed_key, newest=newest, events=events, open=open_now,
-                 head=head),
+        Timeline(base=base, sealed=sealed_key, newest=newest, touched=touched, events=events,
+                 open=open_now, head=head),
         published=published, retracted=retracted,
         added=[e for e in fresh if e.event_id not in sealed_ids],
         sealed=[e for e in sealed if e.event_id not in fresh_ids],
@@ -205,12 +210,14 @@ def advance(timeline: Timeline, new: Sequence[FrictionSignal], watermark: int,
 
 def next_moment(timeline: Timeline, watermark: int, config: FrictionConfig) -> int | None:
     """The next watermark at which `advance` without touchpoints can change something (a
-    deadline, or forgetting the customer); None when the customer can be forgotten now."""
+    deadline, or forgetting the customer); None when the customer can be forgotten now:
+    nothing pending, and `customer_ttl` of the partition's event time has passed since
+    touchpoints of the customer last arrived."""
     head = timeline.head
     state = head.state if head is not None else run(timeline.base, timeline.events, config)[0]
-    if state is None:
-        return None
-    after, _ = expire(state, watermark, config)
-    if after is None:
-        return None
-    return next_deadline(after, config)
+    if state is not None:
+        after, _ = expire(state, watermark, config)
+        if after is not None:
+            return next_deadline(after, config)
+    quiet_until = timeline.touched + config.customer_ttl
+    return None if watermark >= quiet_until else quiet_until

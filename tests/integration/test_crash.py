@@ -196,6 +196,14 @@ async def test_kill_9_of_worker_and_broker_changes_no_table(
           f"again after {', '.join(f'{s:.1f}s' for s in restarts)}; caught up "
           f"{recovered:.1f}s after the last input")
     for name in SNAPSHOTS:
+        if got[name] != want[name]:
+            extra = [r for r in got[name] if r not in want[name]]
+            missing = [r for r in want[name] if r not in got[name]]
+            print(f"{name}: {len(extra)} extra, {len(missing)} missing")
+            for r in extra[:8]:
+                print("  extra  ", r[:6])
+            for r in missing[:8]:
+                print("  missing", r[:6])
         assert len(got[name]) == len(want[name]), (name, len(got[name]), len(want[name]))
         assert got[name] == want[name], f"{name} differs from the clean run"
     assert max(restarts) < 45, f"a restarted worker took {max(restarts):.1f}s to read again"

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from journey.cli import main
@@ -24,8 +25,12 @@ from projections.clickhouse.cx import (
     kpis_sql,
 )
 from projections.clickhouse.queries import run_readonly
-from projections.clickhouse.tables import FRICTION
-from projections.clickhouse.writer import insert_records, insert_touchpoints
+from projections.clickhouse.tables import FRICTION, TOUCHPOINTS
+from projections.clickhouse.writer import (
+    insert_friction_json,
+    insert_records,
+    insert_touchpoints,
+)
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -785,3 +790,32 @@ def test_cli_friction_impact(warehouse: Warehouse, store: Any, cli: Any) -> None
     assert code == 1 and err.strip().count("\n") == 0 and "did you mean purchase" in err
     code, _, err = cli("friction", "impact", "--funnel", "a", "--step", "b")
     assert code == 1 and "not both" in err
+
+
+def test_kpis_and_impact_follow_retractions(warehouse: Warehouse) -> None:
+    """Friction written as the sink writes the friction topic: a retraction hides its
+    friction from the KPIs and the impact table, as if it had never been published."""
+    def write(touchpoints: list[Record], frictions: list[Record], rule: str) -> list[Record]:
+        insert_touchpoints(warehouse, touchpoints)
+        insert_friction_json(warehouse, [orjson.dumps(f) for f in frictions])
+        retracted = [f for f in frictions if f["rule"] == rule][:2]
+        assert retracted, f"the data set holds {rule} friction"
+        later = [{**f, "status": "retracted", "detected_at": (_at(f) + HOUR).isoformat()}
+                 for f in retracted]
+        insert_friction_json(warehouse, [orjson.dumps(f) for f in later])
+        return [f for f in frictions if f not in retracted]
+
+    touchpoints, frictions = kpi_data()
+    standing = write(touchpoints, frictions, "sla_breach")
+    for dimensions in ((), (Dimension.channel,)):
+        built = kpis_sql(by=dimensions, deadlines=DEADLINES, default_deadline=DEFAULT)
+        got = by_key(rows(warehouse, built), dimensions)
+        assert_same(got, reference_kpis(touchpoints, standing, dimensions, DEADLINES, DEFAULT,
+                                        None, None))
+
+    for table in (TOUCHPOINTS, FRICTION):
+        warehouse.command(f"TRUNCATE TABLE {table}")
+    touchpoints, frictions = impact_data()
+    standing = write(touchpoints, frictions, "sla_breach")
+    got = impact_rows(warehouse, friction_impact_sql(since=STUDY[0], until=STUDY[1]))
+    assert_impact(got, reference_impact(touchpoints, standing, checkout_then_purchase()))

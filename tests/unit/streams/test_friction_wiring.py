@@ -129,3 +129,16 @@ def test_a_touchpoint_behind_the_sealed_part_is_counted_as_too_late(
     # 10 days behind as well, but after everything sealed: still placed exactly
     assert {f["rule"] for f in run(detector, [contact(90, 5)])} == {"sla_breach"}
     assert detector.metrics.friction_too_late == 1
+
+
+def test_history_imported_behind_a_far_ahead_watermark_is_not_forgotten_before_its_answer(
+        detector: FrictionDetector) -> None:
+    # other customers have pushed the partition's event time a year ahead
+    run(detector, [stored("page_view", 365 * 24 * 60, 1, customer="now")])
+    fired = run(detector, [contact(0, 2)])  # an old ticket arrives: its deadline has passed
+    assert {f["kind"] for f in fired} == {"first_response", "resolution"}
+    # the next row of the import answers it within both chat deadlines (10 min, 24 h)
+    answer = stored("case_resolved", 5, 3, case_id="k1", channel="chat", properties={})
+    retracted = run(detector, [answer])
+    assert sorted((f["kind"], f["status"]) for f in retracted) == [
+        ("first_response", "retracted"), ("resolution", "retracted")]
