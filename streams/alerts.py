@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -164,6 +165,9 @@ class RecentIds:
             self._ids.popitem(last=False)
         return True
 
+    def forget(self, friction_id: str) -> None:
+        self._ids.pop(friction_id, None)
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -205,6 +209,10 @@ class SinkStats:
     throttled: int = 0
     dead_lettered: int = 0
     retries: int = 0
+    withdrawn: int = 0  # retracted while held: never delivered
+    retractions_delivered: int = 0
+    retractions_skipped: int = 0  # the sink does not take retractions
+    held: int = 0  # waiting for their hold to pass, at the last look
     last_error: str | None = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -214,6 +222,10 @@ class SinkStats:
             "throttled": self.throttled,
             "dead_lettered": self.dead_lettered,
             "retries": self.retries,
+            "withdrawn": self.withdrawn,
+            "retractions_delivered": self.retractions_delivered,
+            "retractions_skipped": self.retractions_skipped,
+            "held": self.held,
             "last_error": self.last_error,
         }
 
@@ -255,12 +267,21 @@ class AlertStats:
         parts = [f"alerts: read {self.read:,}", f"duplicates {self.duplicates:,}",
                  f"stale {self.stale:,}", f"invalid {self.invalid:,}"]
         for name, s in self.sinks.items():
-            parts.append(f"{name}: delivered {s.delivered:,}, throttled {s.throttled:,}, "
-                         f"filtered {s.filtered:,}, dead-lettered {s.dead_lettered:,}")
+            line = (f"{name}: delivered {s.delivered:,}, throttled {s.throttled:,}, "
+                    f"filtered {s.filtered:,}, dead-lettered {s.dead_lettered:,}")
+            if s.held or s.withdrawn:
+                line += f", held {s.held:,}, withdrawn {s.withdrawn:,}"
+            if s.retractions_delivered:
+                line += f", retractions {s.retractions_delivered:,}"
+            parts.append(line)
         if self.commit_failures or self.dlq_send_failures:
             parts.append(f"commit failures {self.commit_failures:,}, "
                          f"dead-letter send failures {self.dlq_send_failures:,}")
         return " | ".join(parts)
+
+
+def _sighting(friction: FrictionEvent) -> str:
+    return f"{friction.friction_id}:{friction.status}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,50 +289,172 @@ class _Policy:
     name: str
     filter: AlertFilter
     throttle: Throttle
+    hold: float
+    retractions: bool
 
 
 class AlertRouter:
-    """Decides which sinks get which alert: dedup by friction id, the age check, then
-    filter and throttle.
+    """Decides which sinks get which alert: dedup by friction id and status, the age
+    check, then each sink's filter and throttle.
 
-    Dedup is consumer-wide (a repeated friction id reaches no sink); filters and
-    throttles are per sink, so a sink that filters a rule out does not use up another
-    sink's throttle window.
+    Dedup is consumer-wide (a repeated record reaches no sink); filters and throttles are
+    per sink, so a sink that filters a rule out does not use up another sink's throttle
+    window. A retraction is not throttled: it reaches a sink that takes retractions if
+    the sink's filter accepts the friction it retracts.
     """
 
     def __init__(self, sinks: Sequence[SinkConfig], memory: int, stats: AlertStats,
                  max_age_seconds: float = 0.0) -> None:
         self.seen = RecentIds(memory)
         self.max_age_seconds = max_age_seconds
-        self.policies = [_Policy(s.name, s.filter, Throttle(s.throttle_seconds, memory))
-                         for s in sinks]
+        self.policies = [_Policy(s.name, s.filter, Throttle(s.throttle_seconds, memory),
+                                 s.hold_seconds, s.retractions) for s in sinks]
         self.stats = stats
         for s in sinks:
             stats.sinks.setdefault(s.name, SinkStats())
 
+    def first(self, alert: Alert) -> bool:
+        """Whether a record is news: not a repeat of one seen, not found long after."""
+        friction = alert.friction
+        if not self.seen.first_sighting(_sighting(friction)):
+            self.stats.duplicates += 1
+            return False
+        if self.max_age_seconds and friction.status == "detected" and \
+                friction.detected_at.timestamp() - friction.occurred_at.timestamp() > \
+                self.max_age_seconds:
+            # Found long after it happened: a replay or a late backlog, not news.
+            self.stats.stale += 1
+            return False
+        return True
+
+    def forget(self, alert: Alert) -> None:
+        """Take back a sighting: the record will be read again (a rebalance)."""
+        self.seen.forget(_sighting(alert.friction))
+
+    def admit(self, policy: _Policy, alert: Alert) -> bool:
+        """Whether one sink gets a record that is news; counts what it holds back."""
+        friction = alert.friction
+        counters = self.stats.sinks[policy.name]
+        if friction.status == "retracted" and not policy.retractions:
+            counters.retractions_skipped += 1
+            return False
+        if not policy.filter.accepts(friction):
+            counters.filtered += 1
+            return False
+        if friction.status == "retracted":
+            counters.retractions_delivered += 1
+            return True
+        if not policy.throttle.admit(friction.customer_key, friction.rule,
+                                     friction.detected_at.timestamp()):
+            counters.throttled += 1
+            return False
+        return True
+
     def route(self, alerts: Iterable[Alert]) -> dict[str, list[Alert]]:
-        """Each sink's share of the alerts, in order; counts what is held back."""
+        """Each sink's share of the alerts, in order, without holding any."""
         out: dict[str, list[Alert]] = {p.name: [] for p in self.policies}
         for alert in alerts:
-            friction = alert.friction
-            if not self.seen.first_sighting(friction.friction_id):
-                self.stats.duplicates += 1
-                continue
-            at = friction.detected_at.timestamp()
-            if self.max_age_seconds and \
-                    at - friction.occurred_at.timestamp() > self.max_age_seconds:
-                # Found long after it happened: a replay or a late backlog, not news.
-                self.stats.stale += 1
-                continue
-            for policy in self.policies:
-                counters = self.stats.sinks[policy.name]
-                if not policy.filter.accepts(friction):
-                    counters.filtered += 1
-                elif not policy.throttle.admit(friction.customer_key, friction.rule, at):
-                    counters.throttled += 1
-                else:
-                    out[policy.name].append(alert)
+            if self.first(alert):
+                for policy in self.policies:
+                    if self.admit(policy, alert):
+                        out[policy.name].append(alert)
         return out
+
+
+@dataclass(slots=True)
+class _Held:
+    alert: Alert | None  # None: nothing to deliver (poison, a repeat, stale)
+    offset: int
+    waiting: set[str]  # the sinks it has not been released to yet
+
+
+class Holding:
+    """One partition's records read but not yet released to every sink, in offset order.
+
+    A sink with `hold_seconds` gets a friction only once it has stood that long: once
+    this partition has been read up to that moment - a later record detected after it,
+    or the partition read to its end with the clock past it - and no retraction of it
+    came. A friction retracted within the hold reaches that sink not at all, and
+    neither does its retraction (withdrawn). Records leave the buffer, and their offsets
+    may be committed, once released to every sink; so a restart delivers what was held.
+    Each sink gets its records in offset order.
+    """
+
+    def __init__(self, router: AlertRouter, limit: int) -> None:
+        self.router = router
+        self.limit = limit  # held records beyond it are released at once, oldest first
+        self.records: list[_Held] = []
+        self.newest = -math.inf  # the newest detection time read in this partition
+        self.end = 0  # the offset after the last record read
+        self._withdrawn: dict[str, set[str]] = {p.name: set() for p in router.policies}
+
+    def add(self, alert: Alert | None, offset: int) -> None:
+        news = alert is not None and self.router.first(alert)
+        waiting = {p.name for p in self.router.policies} if news else set()
+        self.records.append(_Held(alert if news else None, offset, waiting))
+        if alert is not None:
+            self.newest = max(self.newest, alert.friction.detected_at.timestamp())
+        self.end = offset + 1
+
+    def release(self, now: float | None) -> tuple[dict[str, list[Alert]], int | None]:
+        """Each sink's records that are due, and the offset to commit (None: no change).
+
+        `now` is the clock if the partition has been read to its end, else None (a
+        consumer behind cannot know what retractions are still to come)."""
+        horizon = self.newest if now is None else max(self.newest, now)
+        overflow = len(self.records) - self.limit
+        out: dict[str, list[Alert]] = {}
+        for policy in self.router.policies:
+            out[policy.name] = self._release(policy, horizon, overflow)
+        done = 0
+        while done < len(self.records) and not self.records[done].waiting:
+            done += 1
+        if not done:
+            return out, None
+        offset = self.records[done - 1].offset + 1
+        del self.records[:done]
+        return out, offset
+
+    def _release(self, policy: _Policy, horizon: float, overflow: int) -> list[Alert]:
+        due: list[Alert] = []
+        withdrawn = self._withdrawn[policy.name]
+        counters = self.router.stats.sinks[policy.name]
+        for i, held in enumerate(self.records):
+            if policy.name not in held.waiting:
+                continue
+            alert = held.alert
+            assert alert is not None
+            friction = alert.friction
+            if friction.status == "detected" and policy.hold and i >= overflow and \
+                    friction.detected_at.timestamp() + policy.hold > horizon:
+                break  # not yet stood long enough: neither it nor what follows
+            held.waiting.discard(policy.name)
+            if friction.status == "retracted" and friction.friction_id in withdrawn:
+                withdrawn.discard(friction.friction_id)
+                continue
+            if friction.status == "detected" and policy.hold and self._retracted(
+                    friction.friction_id, i):
+                counters.withdrawn += 1
+                withdrawn.add(friction.friction_id)
+                continue
+            if self.router.admit(policy, alert):
+                due.append(alert)
+        return due
+
+    def _retracted(self, friction_id: str, after: int) -> bool:
+        return any(h.alert is not None and h.alert.friction.status == "retracted"
+                   and h.alert.friction.friction_id == friction_id
+                   for h in self.records[after + 1:])
+
+    def held(self, sink: str) -> int:
+        return sum(1 for h in self.records if sink in h.waiting)
+
+    def drop(self) -> None:
+        """Let go of every record (the partition was revoked; it is read again)."""
+        for held in self.records:
+            if held.alert is not None:
+                self.router.forget(held.alert)
+        self.records.clear()
 
 
 # -- how an alert reads ------------------------------------------------------------------
@@ -338,8 +481,11 @@ def console_line(friction: FrictionEvent) -> Text:
     """One readable line: time, severity (coloured), rule, customer, case, message."""
     line = Text()
     line.append(friction.detected_at.astimezone(UTC).strftime("%H:%M:%S "), style="dim")
-    line.append(f"{friction.severity.value.upper():<8}",
-                style=SEVERITY_STYLES[friction.severity])
+    if friction.status == "retracted":  # later evidence disproved it
+        line.append(f"{'RESOLVED':<8}", style="bold green")
+    else:
+        line.append(f"{friction.severity.value.upper():<8}",
+                    style=SEVERITY_STYLES[friction.severity])
     line.append(" ")
     line.append(_one_line(friction.rule), style="bold")
     line.append("  customer ")
@@ -359,6 +505,10 @@ def _slack_escape(text: str) -> str:
 def slack_body(friction: FrictionEvent) -> dict[str, str]:
     """The body of a Slack-compatible incoming webhook: {"text": "..."}."""
     case = f" (case {_slack_escape(friction.case_id)})" if friction.case_id else ""
+    if friction.status == "retracted":
+        return {"text": f":white_check_mark: *RESOLVED* `{_slack_escape(friction.rule)}` "
+                        f"customer {_slack_escape(friction.customer_key)}{case}: no longer "
+                        f"stands ({_slack_escape(_one_line(friction.message))})"}
     text = (
         f"{_SLACK_ICONS[friction.severity]} *{friction.severity.value.upper()}* "
         f"`{_slack_escape(friction.rule)}` customer {_slack_escape(friction.customer_key)}"
@@ -686,6 +836,7 @@ class AlertConsumer:
         self._stopping = stop_event if stop_event is not None else asyncio.Event()
         self._lock = asyncio.Lock()
         self._generation = 0
+        self._held: dict[Any, Holding] = {}  # per partition, what is not yet committed
         self._consumer: Any = None
         self._last_activity = 0.0
         self._assigned = asyncio.Event()
@@ -760,6 +911,10 @@ class AlertConsumer:
                                  "again from the committed offsets")
                         continue
                     await self._handle(got, consumer, producer)
+            elif any(h.records for h in self._held.values()):
+                async with self._lock:  # held friction whose hold has passed meanwhile
+                    if generation == self._generation:
+                        await self._release(consumer, producer, [])
             if self.max_alerts is not None and self.stats.read >= self.max_alerts:
                 break
             now = loop.time()
@@ -778,10 +933,8 @@ class AlertConsumer:
             log.info("%s", self.stats.summary_line())
 
     async def _handle(self, got: dict[Any, list[Any]], consumer: Any, producer: Any) -> None:
-        """Deliver one batch to every sink, dead-letter the rest, then commit."""
-        alerts: list[Alert] = []
+        """Take one fetched batch into the partitions' holdings, then release."""
         letters: list[tuple[bytes | None, bytes]] = []
-        offsets: dict[Any, int] = {}
         # --max-alerts: the records past the limit stay uncommitted for the next run
         left = None if self.max_alerts is None else self.max_alerts - self.stats.read
         for tp, records in got.items():
@@ -791,19 +944,42 @@ class AlertConsumer:
             if not records:
                 continue
             self.stats.read += len(records)
+            holding = self._held.get(tp)
+            if holding is None:
+                holding = self._held[tp] = Holding(self.router, self.config.memory)
             for record in records:
                 decoded = decode_alert(record)
                 if isinstance(decoded, Alert):
-                    alerts.append(decoded)
+                    holding.add(decoded, record.offset)
                     continue
                 self.stats.invalid += 1
                 log.error("%s[%d]@%d is no friction event (%s): dead-lettered",
                           decoded.topic, decoded.partition, decoded.offset, decoded.error)
                 letters.append(dead_letter(decoded, sink=None, group=self.group_id))
-            offsets[tp] = records[-1].offset + 1
-        if not offsets:
+                holding.add(None, record.offset)
+        await self._release(consumer, producer, letters)
+
+    async def _release(self, consumer: Any, producer: Any,
+                       letters: list[tuple[bytes | None, bytes]]) -> None:
+        """Deliver what is due to every sink, dead-letter the rest, then commit."""
+        shares: dict[str, list[Alert]] = {sink.config.name: [] for sink in self.sinks}
+        offsets: dict[Any, int] = {}
+        now = time.time()
+        for tp, holding in self._held.items():
+            # The position, not the last record: it has moved past the commit markers of
+            # a transactional topic's end.
+            end = consumer.highwater(tp)
+            read_to_end = end is not None and holding.records and \
+                await consumer.position(tp) >= end
+            due, offset = holding.release(now if read_to_end else None)
+            for name, alerts in due.items():
+                shares[name].extend(alerts)
+            if offset is not None:
+                offsets[tp] = offset
+        for sink in self.sinks:
+            sink.stats.held = sum(h.held(sink.config.name) for h in self._held.values())
+        if not offsets and not any(shares.values()) and not letters:
             return
-        shares = self.router.route(alerts)
         results = await asyncio.gather(*(sink.deliver(shares[sink.config.name])
                                           for sink in self.sinks))
         failed_at = _iso_now()
@@ -816,7 +992,8 @@ class AlertConsumer:
                 f"stopped while {len(letters)} alert dead letters could not be written to "
                 f"{self.dlq_spec.name} (Kafka at {self.settings.bootstrap}); the batch "
                 "stays uncommitted and is delivered again at the next start")
-        await self._commit(consumer, offsets)
+        if offsets:
+            await self._commit(consumer, offsets)
         self.stats.batches += 1
 
     async def _send_dead_letters(self, producer: Any,
@@ -871,6 +1048,10 @@ class AlertConsumer:
         self._assigned.clear()
         async with self._lock:  # the batch in flight commits while the partitions are ours
             self._generation += 1
+            # What is held is uncommitted: the partitions' next owner reads it again.
+            for holding in self._held.values():
+                holding.drop()
+            self._held.clear()
 
     async def on_assigned(self, assigned: Iterable[Any]) -> None:
         async with self._lock:

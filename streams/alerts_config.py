@@ -31,6 +31,8 @@ DEFAULT_SUMMARY_SECONDS: Final = 60.0
 # The consumer must poll again within max.poll.interval.ms; a batch lasts at most the
 # longest sink budget plus one request, so budgets are kept well under that ceiling.
 MAX_BUDGET_SECONDS: Final = 3600.0
+# Held friction stays uncommitted (and in memory) until released: a day at most.
+MAX_HOLD_SECONDS: Final = 86400.0
 # Set by the consumer on every request; a config that overrides them would break
 # receivers' deduplication or the body's meaning.
 RESERVED_HEADERS: Final = frozenset({"idempotency-key", "content-type"})
@@ -89,6 +91,10 @@ class SinkConfig:
     filter: AlertFilter = field(default_factory=AlertFilter)
     throttle_seconds: float = DEFAULT_THROTTLE_SECONDS
     retry: RetryBudget = field(default_factory=RetryBudget)
+    # deliver a friction only once it has stood this long without a retraction (0 = off)
+    hold_seconds: float = 0.0
+    # deliver retractions of friction this sink may have delivered ("resolved")
+    retractions: bool = False
     type: ClassVar[SinkType]  # each kind of sink names itself
 
 
@@ -150,7 +156,8 @@ _ALERTS_KEYS = {
     "summary_seconds": "period of the summary line (0 = off)",
     "max_age_seconds": "skip friction detected longer than this after it happened (0 = off)",
 }
-_COMMON_SINK_KEYS = ("name", "type", "rules", "min_severity", "throttle_seconds", "retry")
+_COMMON_SINK_KEYS = ("name", "type", "rules", "min_severity", "throttle_seconds", "retry",
+                     "hold_seconds", "retractions")
 _SINK_KEYS = {
     SinkType.CONSOLE: _COMMON_SINK_KEYS,
     SinkType.FILE: (*_COMMON_SINK_KEYS, "path"),
@@ -197,6 +204,12 @@ class _Where:
             raise self.fail(f"{key} must be a whole number, got {value!r}")
         if value < minimum:
             raise self.fail(f"{key} must be at least {minimum}, got {value!r}")
+        return value
+
+    def flag(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{key} must be true or false, not {value!r}")
         return value
 
     def text(self, table: Mapping[str, Any], key: str) -> str:
@@ -290,6 +303,8 @@ def _parse_sink(table: Mapping[str, Any], index: int, path: Path,
         "filter": _parse_filter(table, where),
         "throttle_seconds": where.number(table, "throttle_seconds", default_throttle),
         "retry": _parse_retry(table.get("retry", {}), _Where(path, f"{label} retry")),
+        "hold_seconds": where.number(table, "hold_seconds", 0.0, maximum=MAX_HOLD_SECONDS),
+        "retractions": where.flag(table, "retractions", False),
     }
     if kind is SinkType.CONSOLE:
         return ConsoleSinkConfig(**common)

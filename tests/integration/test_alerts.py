@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from journey.cli import main
 from journey.settings import Settings
 from schemas.friction import friction_id_for
-from streams.alerts import AlertConsumer, AlertStats, run_alerts
+from streams.alerts import AlertConsumer, AlertStats, alerts_group, run_alerts
 from streams.alerts_config import AlertsConfig, load_config
 from streams.kafka import TopicPartition, create_topics, make_consumer, make_producer
 from streams.topics import topics
@@ -490,3 +490,61 @@ async def test_unreachable_kafka_is_one_error_line(alert_settings: Settings) -> 
     assert len(error_lines) == 1
     assert "is not reachable" in error_lines[0] and "JOURNEY_KAFKA_BOOTSTRAP" in error_lines[0]
     assert "Traceback" not in err.decode()
+
+
+def held_sinks(file: Path, url: str, hold: float) -> str:
+    """A file sink that holds friction and a webhook that does not; both take retractions."""
+    return f"""
+[alerts]
+throttle_seconds = 0
+summary_seconds = 0
+
+[[sinks]]
+name = "held"
+type = "file"
+path = "{file}"
+hold_seconds = {hold}
+retractions = true
+
+[[sinks]]
+name = "hook"
+type = "webhook"
+url = "{url}"
+headers = {{ X-Test = "yes" }}
+retractions = true
+"""
+
+
+async def test_held_friction_waits_and_what_is_retracted_meanwhile_never_arrives(
+    alert_settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    docs = frictions(20, customers=10)
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    retractions = [{**d, "status": "retracted", "detected_at": later} for d in docs[:5]]
+    await produce(alert_settings.bootstrap, alert_settings.topic_friction, docs + retractions,
+                  transactional=True)
+    archive = tmp_path / "held.jsonl"
+
+    # A long hold: nothing reaches the file and its records stay uncommitted.
+    long_hold = config_file(tmp_path, held_sinks(archive, receiver.url, 600))
+    first = await asyncio.wait_for(run_alerts(alert_settings, long_hold, idle_exit=3), 60)
+    assert file_ids(archive) == Counter()
+    assert first.sinks["held"].held == 25
+    committed, end = await offsets(alert_settings, alerts_group(alert_settings))
+    assert committed < end
+
+    # A restart with a short hold delivers what stood, once, and commits everything.
+    short_hold = config_file(tmp_path, held_sinks(archive, receiver.url, 2))
+    second = await asyncio.wait_for(run_alerts(alert_settings, short_hold, idle_exit=5), 60)
+    assert file_ids(archive) == ids(docs[5:])
+    assert second.sinks["held"].withdrawn == 5
+    assert second.sinks["held"].retractions_delivered == 0
+    # the webhook holds nothing: it got every friction and retraction in the first run, and
+    # again in the second, since the held ones kept the shared offsets back (at least once)
+    statuses = Counter((key, body.get("status", "detected")) for key, body in
+                       receiver.accepted)
+    assert statuses == Counter({**{(d["friction_id"], "detected"): 2 for d in docs},
+                                **{(d["friction_id"], "retracted"): 2 for d in docs[:5]}})
+    assert second.sinks["hook"].retractions_delivered == 5
+    again = await run_alerts(alert_settings, short_hold, idle_exit=3)
+    assert again.read == 0, "everything was committed"

@@ -24,6 +24,7 @@ from streams.alerts import (
     AlertStats,
     ConsoleSink,
     FileSink,
+    Holding,
     Poison,
     RecentIds,
     SinkStats,
@@ -387,3 +388,111 @@ def test_friction_found_long_after_it_happened_is_stale_when_a_max_age_is_set() 
     assert stats.stale == 1
     unlimited = AlertRouter(sinks, memory=100, stats=AlertStats())  # the default: off
     assert [a.offset for a in unlimited.route([alert(replayed, 2)])["all"]] == [2]
+
+
+# -- hold and retractions ----------------------------------------------------------------
+
+
+def retraction(doc: dict[str, Any], after: timedelta) -> dict[str, Any]:
+    detected = datetime.fromisoformat(doc["detected_at"]) + after
+    return {**doc, "status": "retracted", "detected_at": detected.isoformat()}
+
+
+def later(minutes: float, customer: str = "c-9") -> dict[str, Any]:
+    return friction("escalation", customer, at=T0 + timedelta(minutes=minutes))
+
+
+def holding_of(*sinks: ConsoleSinkConfig) -> tuple[Holding, AlertStats]:
+    stats = AlertStats()
+    return Holding(AlertRouter(sinks, memory=100, stats=stats), limit=100), stats
+
+
+def offsets(released: list[Alert]) -> list[int]:
+    return [a.offset for a in released]
+
+
+def test_without_a_hold_everything_is_released_at_once_and_retractions_only_on_request(
+        ) -> None:
+    holding, stats = holding_of(ConsoleSinkConfig(name="plain", throttle_seconds=0),
+                                ConsoleSinkConfig(name="both", throttle_seconds=0,
+                                                  retractions=True))
+    first = friction()
+    for offset, doc in enumerate([first, retraction(first, timedelta(minutes=3))]):
+        holding.add(alert(doc, offset), offset)
+    due, commit = holding.release(None)  # even while the partition is behind
+    assert offsets(due["plain"]) == [0] and offsets(due["both"]) == [0, 1]
+    assert commit == 2
+    assert stats.sinks["plain"].retractions_skipped == 1
+    assert stats.sinks["both"].retractions_delivered == 1
+    assert "RESOLVED" in console_line(due["both"][1].friction).plain
+
+
+def test_a_held_friction_retracted_within_its_hold_reaches_no_sink() -> None:
+    hold = ConsoleSinkConfig(name="held", throttle_seconds=0, hold_seconds=600,
+                             retractions=True)
+    holding, stats = holding_of(hold, ConsoleSinkConfig(name="now", throttle_seconds=0))
+    first, second = friction(), friction(customer="c-2")
+    for offset, doc in enumerate([first, second, retraction(first, timedelta(minutes=3))]):
+        holding.add(alert(doc, offset), offset)
+    due, commit = holding.release(None)
+    assert offsets(due["held"]) == [] and offsets(due["now"]) == [0, 1]
+    assert commit is None, "held records stay uncommitted"
+    assert holding.held("held") == 3
+    # read to the end, but the clock has not passed the hold yet
+    due, commit = holding.release((T0 + timedelta(minutes=5)).timestamp())
+    assert due["held"] == [] and commit is None
+    # the hold has passed: the retracted one is withdrawn with its retraction
+    due, commit = holding.release((T0 + timedelta(minutes=10)).timestamp())
+    assert offsets(due["held"]) == [1] and commit == 3
+    assert stats.sinks["held"].withdrawn == 1
+    assert stats.sinks["held"].retractions_delivered == 0
+    assert holding.records == []
+
+
+def test_a_partition_behind_releases_a_hold_only_by_what_was_read_after_it() -> None:
+    holding, _ = holding_of(ConsoleSinkConfig(name="held", throttle_seconds=0,
+                                              hold_seconds=600))
+    first = friction()
+    holding.add(alert(first, 0), 0)
+    # a consumer behind the partition's end cannot tell what retraction is still to come
+    assert holding.release(None) == ({"held": []}, None)
+    holding.add(alert(later(9), 1), 1)
+    assert holding.release(None) == ({"held": []}, None)
+    holding.add(alert(later(10, "c-8"), 2), 2)  # read up to the end of the first's hold
+    due, commit = holding.release(None)
+    assert offsets(due["held"]) == [0] and commit == 1
+
+
+def test_held_records_beyond_the_limit_are_released_oldest_first() -> None:
+    stats = AlertStats()
+    router = AlertRouter([ConsoleSinkConfig(name="held", throttle_seconds=0,
+                                            hold_seconds=600)], memory=100, stats=stats)
+    holding = Holding(router, limit=2)
+    for offset in range(3):
+        holding.add(alert(friction(customer=f"c-{offset}"), offset), offset)
+    due, commit = holding.release(None)
+    assert offsets(due["held"]) == [0] and commit == 1
+
+
+def test_dropped_holdings_are_read_again_as_news() -> None:
+    holding, stats = holding_of(ConsoleSinkConfig(name="held", throttle_seconds=0,
+                                                  hold_seconds=600))
+    doc = friction()
+    holding.add(alert(doc, 0), 0)
+    holding.drop()  # a rebalance: the partition is read again from its committed offset
+    holding.add(alert(doc, 0), 0)
+    assert stats.duplicates == 0
+    due, _ = holding.release((T0 + timedelta(minutes=11)).timestamp())
+    assert offsets(due["held"]) == [0]
+
+
+def test_a_retraction_is_no_repeat_of_its_friction_and_is_not_throttled() -> None:
+    stats = AlertStats()
+    router = AlertRouter([ConsoleSinkConfig(name="s", throttle_seconds=3600,
+                                            retractions=True)], memory=100, stats=stats)
+    first = friction()
+    shares = router.route([alert(first, 0), alert(retraction(first, timedelta(minutes=1)), 1),
+                           alert(first, 2)])
+    assert offsets(shares["s"]) == [0, 1]
+    assert stats.duplicates == 1
+    assert slack_body(shares["s"][1].friction)["text"].startswith(":white_check_mark:")

@@ -129,6 +129,10 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
          r"throttle_seconds must be at least 0"),
         ('[[sinks]]\ntype = "console"\nthrottle_seconds = "10m"\n',
          r"throttle_seconds must be a number"),
+        ('[[sinks]]\ntype = "console"\nhold_seconds = 100000\n',
+         r"hold_seconds must be at least 0 and at most 86400"),
+        ('[[sinks]]\ntype = "console"\nretractions = "yes"\n',
+         r"retractions must be true or false"),
         ('[[sinks]]\ntype = "file"\n', r"path is required"),
         ('[[sinks]]\ntype = "webhook"\n', r"url is required"),
         ('[[sinks]]\ntype = "webhook"\nurl = "ftp://x"\n', r"url must start with http"),
@@ -191,3 +195,12 @@ def test_the_example_is_valid_toml_in_every_block() -> None:
     # Every TOML block of the docs is a whole, valid file (none is a fragment).
     for block in re.findall(r"```toml\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S):
         tomllib.loads(block)
+
+
+def test_hold_and_retractions_are_off_unless_set(tmp_path: Path) -> None:
+    plain, held = load_config(write(tmp_path, (
+        '[[sinks]]\ntype = "console"\n'
+        '[[sinks]]\ntype = "console"\nname = "pager"\nhold_seconds = 900\n'
+        'retractions = true\n'))).sinks
+    assert (plain.hold_seconds, plain.retractions) == (0.0, False)
+    assert (held.hold_seconds, held.retractions) == (900.0, True)
