@@ -146,8 +146,7 @@ def check(
     """Check a config file and show the sinks it defines (no Kafka needed)."""
     parsed = load_config(config)
     table = Table(header_style="bold", title=f"{config}: {len(parsed.sinks)} sinks")
-    for name in ("name", "type", "target", "rules", "min severity", "throttle", "hold",
-                 "retractions", "retry"):
+    for name in ("name", "type", "target", "rules", "min severity", "throttle", "retry"):
         table.add_column(name, overflow="fold")
     for sink in parsed.sinks:
         target = ""
@@ -158,10 +157,12 @@ def check(
         rules = ", ".join(sorted(sink.filter.rules)) if sink.filter.rules else "all"
         throttle = f"{sink.throttle_seconds:g}s" if sink.throttle_seconds > 0 else "off"
         retry = f"{sink.retry.attempts} attempts / {sink.retry.max_seconds:g}s"
-        hold = f"{sink.hold_seconds:g}s" if sink.hold_seconds > 0 else "off"
+        if sink.hold_seconds > 0:
+            throttle += f", hold {sink.hold_seconds:g}s"
+        if sink.retractions:
+            throttle += ", retractions"
         table.add_row(sink.name, sink.type.value, target, rules,
-                      sink.filter.min_severity.value, throttle, hold,
-                      "yes" if sink.retractions else "no", retry)
+                      sink.filter.min_severity.value, throttle, retry)
     Console(highlight=False).print(table)
 
 
