@@ -101,11 +101,11 @@ def friction_report(settings: Settings, planted: PlantedFriction | None,
 
 
 def _kpis(settings: Settings, since: datetime | None) -> list[dict[str, Any]]:
-    from journey.cli.friction import friction_config
     from journey.cli.sql import run_query
     from projections.clickhouse.cx import kpi_records, kpis_sql, rule_deadlines
+    from projections.friction.config import load_config
 
-    deadlines, default = rule_deadlines(friction_config(settings.friction_config).sla_breach)
+    deadlines, default = rule_deadlines(load_config(settings.friction_config).sla_breach)
     sql, params = kpis_sql(by=("channel",), since=since, deadlines=deadlines,
                            default_deadline=default)
     columns, rows = run_query(settings, sql, params)

@@ -1,13 +1,5 @@
-"""Errors a person can act on: each message is one line naming what is wrong and the fix."""
+"""Errors a person can act on, for the shell: they live in projections/errors.py."""
 
+from projections.errors import ConfigurationError, JourneyError, ServiceUnavailableError
 
-class JourneyError(Exception):
-    """Base of every error the CLI reports as one line without a traceback."""
-
-
-class ConfigurationError(JourneyError):
-    """A setting or an argument is wrong."""
-
-
-class ServiceUnavailableError(JourneyError):
-    """Kafka, ClickHouse or the worker cannot be reached."""
+__all__ = ["ConfigurationError", "JourneyError", "ServiceUnavailableError"]

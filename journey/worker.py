@@ -24,11 +24,11 @@ def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
     """Create the topics, then run the Faust worker until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
-    from journey.cli.friction import friction_config
+    from projections.friction.config import load_config
     from streams.app import create_engine, prepare_topics
 
     # a wrong rules file is one line of error, before anything starts
-    rules = friction_config(settings.friction_config)
+    rules = load_config(settings.friction_config)
     asyncio.run(prepare_topics(settings))
     engine = create_engine(settings, rules)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)

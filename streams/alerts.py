@@ -34,8 +34,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from journey.errors import ConfigurationError, ServiceUnavailableError
-from journey.settings import Settings
+from projections.errors import ConfigurationError, ServiceUnavailableError
 from schemas.codec import decode_json, encode_json
 from schemas.friction import FrictionEvent, Severity
 from streams.alerts_config import (
@@ -59,6 +58,7 @@ from streams.kafka import (
     read_topic_to_end,
     unavailable,
 )
+from streams.settings import Settings
 from streams.topics import topics
 
 log = logging.getLogger(__name__)

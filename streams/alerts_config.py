@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from journey.errors import ConfigurationError
+from projections.errors import ConfigurationError
 from schemas.friction import FrictionEvent, Severity
 
 SEVERITY_ORDER: Final[dict[Severity, int]] = {

@@ -10,13 +10,13 @@ from typing import Any
 import faust
 from faust.app.base import BootStrategy
 
-from journey.settings import Settings
 from projections.friction import FrictionConfig
 from streams.dedup import install_dedup
 from streams.friction import FrictionDetector, install_friction
 from streams.journeys import install_journeys
 from streams.kafka import create_topics
 from streams.metrics import Metrics
+from streams.settings import Settings
 from streams.sink import ClickHouseSink
 from streams.topics import Topics, topics
 from streams.validator import install_validator

@@ -25,11 +25,11 @@ from typing import Any, Final
 import faust
 import orjson
 
-from journey.settings import Settings
 from projections.ingest import DedupWindow
 from streams.batch import TransactionalService, run_in_worker, transactional_id
 from streams.kafka import Record
 from streams.metrics import Metrics
+from streams.settings import Settings
 from streams.store import PartitionStore
 from streams.topics import Topics
 from streams.validator import EVENT_ID_HEADER

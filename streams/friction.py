@@ -36,7 +36,6 @@ from typing import Any, Final
 import faust
 import orjson
 
-from journey.settings import Settings
 from projections.friction import Finding, FrictionConfig
 from projections.friction.signal import FrictionSignal, signal_of
 from projections.friction.timeline import (
@@ -53,6 +52,7 @@ from schemas.touchpoint import identity_key
 from streams.batch import RepeatedWarning, TransactionalService, run_in_worker, transactional_id
 from streams.kafka import Record
 from streams.metrics import Metrics
+from streams.settings import Settings
 from streams.store import PartitionStore
 from streams.topics import Topics
 

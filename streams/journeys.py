@@ -30,7 +30,6 @@ from typing import Any
 import faust
 import orjson
 
-from journey.settings import Settings
 from projections.identity import IdentityLinks, LinkOutcome, link_identity
 from projections.journey import (
     JourneyConfig,
@@ -45,6 +44,7 @@ from schemas.touchpoint import Touchpoint
 from streams.batch import TransactionalService, run_in_worker, transactional_id
 from streams.kafka import RangePartitionAssignor, Record
 from streams.metrics import Metrics
+from streams.settings import Settings
 from streams.store import PartitionStore
 from streams.topics import Topics
 

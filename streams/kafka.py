@@ -15,7 +15,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
 
-from journey.errors import ServiceUnavailableError
+from projections.errors import ServiceUnavailableError
 from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)

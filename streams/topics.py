@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from journey.settings import Settings
+    from streams.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

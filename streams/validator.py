@@ -24,13 +24,13 @@ from typing import Any
 
 import faust
 
-from journey.settings import Settings
 from projections.ingest import Admitted, admit
 from schemas.codec import encode_json
 from schemas.dead_letter import DeadLetter
 from streams.batch import TransactionalService, run_in_worker, transactional_id
 from streams.kafka import Record
 from streams.metrics import Metrics
+from streams.settings import Settings
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -49,6 +49,7 @@ from projections.clickhouse.cx import (
     split_steps,
 )
 from projections.clickhouse.funnels import DEFAULT_WINDOW, FunnelSpecError
+from projections.friction.config import load_config
 
 NO_CHANNEL = "(none)"
 ALL = "(all)"
@@ -60,9 +61,7 @@ ALL = "(all)"
 def _deadlines(items: Sequence[str]) -> tuple[dict[str, Deadline], Deadline]:
     """--sla when given, else the sla_breach rule's deadlines (JOURNEY_FRICTION_CONFIG)."""
     if not items:
-        from journey.cli.friction import friction_config
-
-        return rule_deadlines(friction_config(Settings().friction_config).sla_breach)
+        return rule_deadlines(load_config(Settings().friction_config).sla_breach)
     try:
         return parse_deadlines(items)
     except ValueError as exc:

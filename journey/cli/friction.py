@@ -12,14 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from journey.cli import app
-from journey.errors import ConfigurationError
 from journey.settings import Settings
+from projections.durations import format_duration
 from projections.friction.config import (
-    FrictionConfig,
-    FrictionConfigError,
     config_as_dict,
     describe_rules,
-    format_duration,
     load_config,
 )
 
@@ -35,14 +32,6 @@ class RulesFormat(StrEnum):
     json = "json"
 
 
-def friction_config(path: Path | None) -> FrictionConfig:
-    """The effective friction configuration, or a one-line ConfigurationError."""
-    try:
-        return load_config(path)
-    except FrictionConfigError as exc:
-        raise ConfigurationError(str(exc)) from None
-
-
 @friction_app.command("rules")
 def rules(
     config: Annotated[Path | None, typer.Option(
@@ -54,7 +43,7 @@ def rules(
     """Print every friction rule with its on/off, severities and thresholds."""
     settings = Settings()
     path = config or settings.friction_config
-    effective = friction_config(path)
+    effective = load_config(path)
     if output is RulesFormat.json:
         typer.echo(json.dumps(config_as_dict(effective), indent=2))
         return

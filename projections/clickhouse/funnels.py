@@ -19,14 +19,13 @@ from projections.clickhouse.queries import (
     _time_range,
 )
 from projections.clickhouse.tables import TOUCHPOINT_INSERT_COLUMNS
+from projections.durations import MAX_WINDOW_SECONDS, DurationError, parse_window
 from schemas.catalogue import TOUCHPOINT_TYPES
 
 # One bit per step (and per exclusion) in a UInt64 mask.
 MAX_STEPS = 64
 MAX_EXCLUSIONS = 64
 DEFAULT_WINDOW = "14d"
-# Keeps `ts + window` far from Int64 overflow and catches a typo of units.
-MAX_WINDOW_SECONDS = 10 * 366 * 86400
 PERCENTILES = (0.5, 0.9)
 DEFAULT_DROPPED_LIMIT = 100
 
@@ -44,8 +43,6 @@ OPERATORS = ("!=", ">=", "<=", "=", ">", "<", "~")
 NUMERIC_OPERATORS = frozenset({">", ">=", "<", "<="})
 _SQL_COMPARISON = {"=": "=", "!=": "!=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_FIELD = re.compile(r"[^\s=!<>~,\[\]\"]+")
 _BARE_VALUE = re.compile(r"[^,\]\"]*")
@@ -245,18 +242,12 @@ class _Scanner:
 
 
 def parse_duration(text: str, what: str = "window") -> int:
-    """Seconds in `30s`, `15m`, `2h`, `14d` or `2w`."""
-    found = _DURATION.fullmatch(text.strip())
-    if found is None:
-        raise FunnelSpecError(
-            f"{what} {text!r}: write a whole number and a unit (s, m, h, d, w), such as 14d"
-        )
-    seconds = int(found.group(1)) * _DURATION_UNITS[found.group(2)]
-    if not 0 < seconds <= MAX_WINDOW_SECONDS:
-        raise FunnelSpecError(
-            f"{what} {text!r}: must be between 1s and {MAX_WINDOW_SECONDS // 86400}d"
-        )
-    return seconds
+    """Whole seconds of a window such as `30s`, `15m`, `2h`, `14d` or `2w`, in the one
+    duration grammar (projections/durations.py)."""
+    try:
+        return parse_window(text, what)
+    except DurationError as exc:
+        raise FunnelSpecError(str(exc)) from None
 
 
 def _field(scanner: _Scanner) -> Field:

@@ -21,54 +21,49 @@ rules` prints the effective table.
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from projections.durations import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    DurationError,
+    duration_ms,
+    format_duration,
+)
+from projections.errors import ConfigurationError
 from schemas.envelope import Channel
 from schemas.friction import Severity
 
-MINUTE: Final = 60_000
-HOUR: Final = 60 * MINUTE
-DAY: Final = 24 * HOUR
+MINUTE: Final = MINUTE_MS
+HOUR: Final = HOUR_MS
+DAY: Final = DAY_MS
 
 DEFAULT_CHANNEL: Final = "default"
 SEVERITY_ORDER: Final = (Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": MINUTE, "h": HOUR, "d": DAY, "w": 7 * DAY}
 
-
-class FrictionConfigError(ValueError):
+class FrictionConfigError(ValueError, ConfigurationError):
     """The friction rules file is unreadable or names an unknown rule, key or value."""
 
 
 def parse_duration_ms(value: object, where: str) -> int:
-    """Milliseconds of "90s" / "10m" / "4h" / "3d" / "2w" or a number of seconds."""
-    if isinstance(value, bool):
-        raise FrictionConfigError(f"{where}: expected a duration like \"10m\", got {value!r}")
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
+    """Milliseconds of "90s" / "10m" / "4h" / "3d" / "2w" or a number of seconds
+    (projections/durations.py, the grammar every duration option shares)."""
+    try:
+        return duration_ms(value)
+    except DurationError as exc:
+        if exc.negative:
             raise FrictionConfigError(
-                f"{where}: a duration must be a finite number of seconds >= 0, got {value!r}")
-        return int(value * 1000)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return int(float(match.group(1)) * _UNIT_MS[match.group(2) or "s"])
-    raise FrictionConfigError(
-        f"{where}: expected a duration like \"90s\", \"10m\", \"4h\" or \"3d\", got {value!r}")
-
-
-def format_duration(ms: int) -> str:
-    """The shortest exact spelling of a duration: 600000 -> "10m"."""
-    for unit in ("w", "d", "h", "m", "s"):
-        if ms and ms % _UNIT_MS[unit] == 0:
-            return f"{ms // _UNIT_MS[unit]}{unit}"
-    return f"{ms}ms"
+                f"{where}: a duration must be a finite number of seconds >= 0, got {value!r}"
+            ) from None
+        raise FrictionConfigError(
+            f"{where}: expected a duration like \"90s\", \"10m\", \"4h\" or \"3d\", got {value!r}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
+from projections.durations import format_duration
 from projections.friction.config import (
     CancellationAfterContactConfig,
     ChannelHoppingConfig,
@@ -31,7 +32,6 @@ from projections.friction.config import (
     RepeatContactConfig,
     SlaBreachConfig,
     UnreachableHelpConfig,
-    format_duration,
 )
 from projections.friction.signal import FrictionSignal, signal_of
 from projections.friction.state import (

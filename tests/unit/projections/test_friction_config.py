@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from projections.durations import format_duration
 from projections.friction import RULES, FrictionConfig, FrictionConfigError, load_config
 from projections.friction.config import (
     DAY,
@@ -21,7 +22,6 @@ from projections.friction.config import (
     config_as_dict,
     config_from_mapping,
     describe_rules,
-    format_duration,
     parse_duration_ms,
 )
 from schemas.envelope import Channel

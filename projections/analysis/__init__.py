@@ -1,0 +1,1 @@
+"""Analyst questions as pure data: specs, their parsers and result shapes; no SQL, no I/O."""

@@ -1,0 +1,43 @@
+"""The packages import downwards only: schemas < projections < streams < journey."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# what each package may import of ours (docs: ARCHITECTURE, CONVENTIONS)
+ALLOWED = {
+    "schemas": {"schemas"},
+    "projections": {"schemas", "projections"},
+    "streams": {"schemas", "projections", "streams"},
+}
+OURS = {"schemas", "projections", "streams", "journey"}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module name `path` imports, at any depth (TYPE_CHECKING and function bodies too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_the_layers_below(package: str) -> None:
+    wrong = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in modules(package)
+        for name in imported(path)
+        if name.split(".")[0] in OURS and name.split(".")[0] not in ALLOWED[package]
+    }
+    assert not wrong, sorted(wrong)
