@@ -43,13 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, like bench/throughput.py
     sys.path.insert(0, str(ROOT))
 
+from projections.analysis.funnel import parse_funnel  # noqa: E402
+from projections.clickhouse.builders.funnel import funnel_query, takes_chain_path  # noqa: E402
 from projections.clickhouse.client import Warehouse, connect  # noqa: E402
-from projections.clickhouse.funnels import (  # noqa: E402
-    funnel_query,
-    parse_funnel,
-    takes_chain_path,
-)
-from projections.clickhouse.queries import run_readonly  # noqa: E402
+from projections.clickhouse.runner import Runner  # noqa: E402
 from projections.clickhouse.tables import TOUCHPOINTS, migrate  # noqa: E402
 
 STEPS = ("ad_impression", "site_visit", "product_view", "add_to_cart", "purchase")
@@ -339,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["path"] = "chain" if takes_chain_path(spec) else "general walk"
             sql, params = funnel_query(spec)
 
-            def run_ours() -> list[tuple[Any, ...]]:
-                return run_readonly(warehouse, sql, params).rows
+            def run_ours() -> list[list[Any]]:
+                return Runner(warehouse=warehouse).run(sql, params).rows
 
             def run_duckdb() -> list[tuple[Any, ...]]:
                 return db.execute(DUCKDB_SQL).fetchall()

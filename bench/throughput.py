@@ -352,8 +352,9 @@ async def read_topic(bootstrap: str, topic: str, total: int) -> list[dict[str, A
 def raw_inserts(folder: Path, rows: list[dict[str, Any]], batch_size: int,
                 progress: Progress, repeats: int = RAW_INSERT_REPEATS) -> tuple[Rate, Rate, int]:
     """Median of `repeats` timed passes each, every pass into an emptied table."""
+    from projections.clickhouse.builders.trends import touchpoint_total_query
     from projections.clickhouse.client import connect
-    from projections.clickhouse.queries import touchpoint_total_sql
+    from projections.clickhouse.runner import Runner
     from projections.clickhouse.tables import TOUCHPOINT_INSERT_COLUMNS, TOUCHPOINTS, migrate
     from projections.clickhouse.writer import insert_touchpoints, touchpoint_columns
 
@@ -391,8 +392,7 @@ def raw_inserts(folder: Path, rows: list[dict[str, Any]], batch_size: int,
             return passes
 
         only = timed_passes("raw inserts (pre-built)", insert_block, columns)
-        sql, params = touchpoint_total_sql()
-        stored = int(warehouse.query(sql, params).scalar())
+        stored = int(Runner(warehouse=warehouse).run(touchpoint_total_query()).rows[0][0])
         convert = timed_passes("raw inserts (+convert)", insert_batch, batches)
     finally:
         warehouse.close()
@@ -616,10 +616,10 @@ def run(events: int, seed: int, keep: bool) -> Report:
             # The sink is done in a few seconds: a finer poll keeps the timing error small.
             w = watch(sink, worker, spawned, ready, "written", events, "sink: written",
                       progress, poll=SINK_POLL_SECONDS)
-            from journey.cli.sql import run_query
-            from projections.clickhouse.queries import touchpoint_total_sql
+            from projections.clickhouse.builders.trends import touchpoint_total_query
+            from projections.clickhouse.runner import Runner
 
-            _, rows = run_query(sink, *touchpoint_total_sql())
+            _, rows = Runner.for_settings(sink).run(touchpoint_total_query())
         report.rates["sink"] = steady_rate("sink", w, events, "rows")
         report.rates["sink_cold"] = Rate(
             "sink incl. worker start", events, w.end_at - w.spawned,

@@ -67,11 +67,10 @@ def _counters(settings: Settings) -> dict[str, Any]:
 
 
 def _rows(settings: Settings) -> int:
-    from journey.cli.sql import run_query
-    from projections.clickhouse.queries import touchpoint_total_sql
+    from projections.clickhouse.builders.trends import touchpoint_total_query
+    from projections.clickhouse.runner import Runner
 
-    sql, params = touchpoint_total_sql()
-    _, rows = run_query(settings, sql, params)
+    _, rows = Runner.for_settings(settings).run(touchpoint_total_query())
     return int(rows[0][0])
 
 
@@ -195,12 +194,12 @@ def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_runni
 
 
 def _funnel(settings: Settings) -> list[tuple[int, str, int]]:
-    from journey.cli.sql import run_query
-    from projections.clickhouse.queries import funnel_sql
+    from projections.analysis.funnel import parse_funnel, step_people
+    from projections.clickhouse.runner import Runner
 
-    sql, params = funnel_sql(FUNNEL, int(FUNNEL_WINDOW.total_seconds()))
-    _, rows = run_query(settings, sql, params)
-    return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+    # the same engine as journey funnel and GET /analysis/funnel
+    spec = parse_funnel(list(FUNNEL), window=f"{int(FUNNEL_WINDOW.total_seconds())}s")
+    return step_people(Runner.for_settings(settings).funnel(spec))
 
 
 def _wait_for_projections(settings: Settings, progress: Progress,
@@ -229,39 +228,31 @@ def _wait_for_projections(settings: Settings, progress: Progress,
 
 
 def _funnel_by_channel(settings: Settings) -> list[list[Any]]:
-    from journey.cli.sql import run_query
-    from projections.clickhouse.funnels import (
-        funnel_query,
-        funnel_rows,
-        parse_funnel,
-        shape_funnel,
-    )
+    from projections.analysis.funnel import funnel_rows, parse_funnel
+    from projections.clickhouse.runner import Runner
 
     spec = parse_funnel(list(FUNNEL), window="7d", breakdown="channel",
                         attribution="first-touch")
-    sql, params = funnel_query(spec)
-    _, rows = run_query(settings, sql, params)
-    columns, flat = funnel_rows(spec, shape_funnel(spec, rows))
+    columns, flat = funnel_rows(spec, Runner.for_settings(settings).funnel(spec))
     keep = [columns.index(c) for c in ("breakdown", "step", "label", "people")]
     return [[row[i] for i in keep] for row in flat]
 
 
 def _paths_to_purchase(settings: Settings) -> list[tuple[str, int, float]]:
-    from journey.cli.sql import run_query
-    from projections.clickhouse.analysis import paths_sql
+    from projections.analysis.paths import PathsSpec
+    from projections.clickhouse.runner import Runner
 
-    sql, params = paths_sql(end_at="purchase", top=5, max_length=5)
-    columns, rows = run_query(settings, sql, params)
+    columns, rows = Runner.for_settings(settings).ask(
+        PathsSpec(end_at="purchase", top=5, max_length=5))
     text, people, share = (columns.index(c) for c in ("path_text", "people", "share"))
     return [(str(r[text]), int(r[people]), float(r[share])) for r in rows]
 
 
 def _stage_map(settings: Settings) -> list[tuple[str, str, int, int]]:
-    from journey.cli.sql import run_query
-    from projections.clickhouse.analysis import stage_map_sql
+    from projections.analysis.paths import StageMapSpec
+    from projections.clickhouse.runner import Runner
 
-    sql, params = stage_map_sql()
-    _, rows = run_query(settings, sql, params)
+    _, rows = Runner.for_settings(settings).ask(StageMapSpec())
     return [(str(r[0]), str(r[1]), int(r[2]), int(r[4])) for r in rows]
 
 

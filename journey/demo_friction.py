@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +17,9 @@ from journey.friction_plan import PUSH_AFTER_DAYS, PlantedFriction, plant_fricti
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
 from journey.worker import require_worker
+
+if TYPE_CHECKING:
+    from projections.clickhouse.runner import Runner
 
 SEVERITIES = ("low", "medium", "high", "critical")
 
@@ -78,49 +81,44 @@ def friction_report(settings: Settings, planted: PlantedFriction | None,
                     since: datetime | None = None) -> FrictionReport:
     """Friction counts, the planted check, the KPIs and the impact table; the KPIs and
     the impact cover the workload from `since` (the planted journeys lie before it)."""
-    from journey.cli.sql import run_query
+    from projections.clickhouse.runner import Runner
 
+    runner = Runner.for_settings(settings)
     report = FrictionReport()
-    _, rows = run_query(settings, "SELECT rule, severity, count() FROM friction FINAL "
-                                  "GROUP BY rule, severity ORDER BY rule, severity")
+    _, rows = runner.run("SELECT rule, severity, count() FROM friction FINAL "
+                         "GROUP BY rule, severity ORDER BY rule, severity")
     for rule, severity, n in rows:
         report.by_rule.setdefault(str(rule), {})[str(severity)] = int(n)
     if planted is not None:
-        _, rows = run_query(settings, "SELECT friction_id FROM friction FINAL "
-                                      "WHERE has({keys:Array(String)}, customer_key)",
-                            {"keys": sorted(planted.customers)})
+        _, rows = runner.run("SELECT friction_id FROM friction FINAL "
+                             "WHERE has({keys:Array(String)}, customer_key)",
+                             {"keys": sorted(planted.customers)})
         found = {str(r[0]) for r in rows}
         expected = planted.ids()
         report.planted = len(expected)
         report.found_planted = len(found & expected)
         report.missing = sorted(expected - found)
         report.extra = sorted(found - expected)
-    report.kpis = _kpis(settings, since)
-    report.impact = _impact(settings, since)
+    report.kpis = _kpis(settings, runner, since)
+    report.impact = _impact(runner, since)
     return report
 
 
-def _kpis(settings: Settings, since: datetime | None) -> list[dict[str, Any]]:
-    from journey.cli.sql import run_query
-    from projections.clickhouse.cx import kpi_records, kpis_sql, rule_deadlines
+def _kpis(settings: Settings, runner: Runner, since: datetime | None) -> list[dict[str, Any]]:
+    from projections.analysis.kpis import KpiSpec, kpi_records, rule_deadlines
     from projections.friction.config import load_config
 
     deadlines, default = rule_deadlines(load_config(settings.friction_config).sla_breach)
-    sql, params = kpis_sql(by=("channel",), since=since, deadlines=deadlines,
-                           default_deadline=default)
-    columns, rows = run_query(settings, sql, params)
-    return kpi_records(columns, rows)
+    spec = KpiSpec(by=("channel",), since=since, deadlines=deadlines, default_deadline=default)
+    return kpi_records(*runner.ask(spec))
 
 
-def _impact(settings: Settings, since: datetime | None) -> list[dict[str, Any]]:
-    from journey.cli.sql import run_query
-    from projections.clickhouse.cx import friction_impact_sql
+def _impact(runner: Runner, since: datetime | None) -> list[dict[str, Any]]:
+    from projections.analysis.impact import ImpactSpec
 
     # The workload spans 30 days: windows that fit in it (the defaults are 30-60 days).
-    sql, params = friction_impact_sql(since=since, retention_from_days=7,
-                                      retention_to_days=21, revenue_days=21)
-    columns, rows = run_query(settings, sql, params)
-    return [dict(zip(columns, row, strict=True)) for row in rows]
+    spec = ImpactSpec(since=since, retention_from_days=7, retention_to_days=21, revenue_days=21)
+    return runner.ask(spec).records()
 
 
 def _pct(value: Any) -> str:

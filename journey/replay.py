@@ -147,11 +147,13 @@ def _forget_generations_before(settings: Settings, console: Console) -> None:
 
 
 def _row_counts(settings: Settings) -> dict[str, int]:
-    from journey.cli.sql import run_query
+    from projections.clickhouse.runner import Runner
+    from projections.clickhouse.sql import deduplicated
     from projections.clickhouse.tables import REBUILT_TABLES
 
+    runner = Runner.for_settings(settings)
     counts = {}
     for table in REBUILT_TABLES:
-        _, found = run_query(settings, f"SELECT count() FROM {table} FINAL")
+        _, found = runner.run(f"SELECT count() FROM {deduplicated(table)}")
         counts[table] = int(found[0][0])
     return counts

@@ -34,6 +34,9 @@ class LinkOutcome(StrEnum):
     """Another customer claimed it earlier in event time: ownership moves to them."""
 
 
+IDENTIFY_TYPE: Final = "identify"
+"""The touchpoint type that links an anonymous id to a customer (EVENTS.md, Identity)."""
+
 CLAIMANT_LIMIT: Final = 32
 """Claimants counted one by one per anonymous id; claims of further ones are only summed."""
 
@@ -93,7 +96,7 @@ def link_identity(
     state: IdentityLinks | None, identify: Touchpoint
 ) -> tuple[IdentityLinks, LinkOutcome]:
     """Apply one identify event to the link of its anonymous id."""
-    if identify.type != "identify":
+    if identify.type != IDENTIFY_TYPE:
         raise ValueError(f"touchpoint {identify.event_id} is a {identify.type}, not an identify")
     customer_id, anonymous_id = identify.customer_id, identify.anonymous_id
     if customer_id is None or anonymous_id is None:

@@ -20,22 +20,35 @@ def _json(view: View, value: Any, status: int = 200) -> Response:
 
 
 def install_web(app: faust.App, engine: Engine) -> None:
-    from projections.clickhouse.api import AnalysisRequestError, analysis_sql, funnel_request
-    from projections.clickhouse.cx import rule_deadlines
-    from projections.clickhouse.funnels import funnel_query, funnel_rows, shape_funnel
-    from projections.clickhouse.queries import QueryRejectedError, jsonable_rows, run_readonly
+    from projections.analysis.funnel import funnel_rows, shape_funnel
+    from projections.analysis.kpis import rule_deadlines
+    from projections.analysis.requests import (
+        AnalysisRequestError,
+        analysis_request,
+        funnel_request,
+    )
+    from projections.clickhouse.builders import build
+    from projections.clickhouse.runner import Answer, QueryFailedError, Runner
+    from projections.clickhouse.sql import Statement
+    from projections.errors import JourneyError
 
-    async def answer(view: View, sql: str, params: dict[str, Any]) -> Response:
+    async def run(view: View, statement: Statement) -> Answer | Response:
+        """The answer of the one runner, on this worker's own warehouse, or an error."""
         if engine.warehouse is None:
             return _json(view, {"error": "the warehouse is still opening; retry"}, 503)
+        runner = Runner(warehouse=engine.warehouse)
         try:
-            result = await asyncio.to_thread(run_readonly, engine.warehouse, sql, params)
-        except QueryRejectedError as exc:
+            return await asyncio.to_thread(runner.run, statement)
+        except QueryFailedError as exc:  # the caller's SQL or options: theirs to read
             return _json(view, {"error": str(exc)}, 400)
-        except Exception as exc:  # ClickHouse errors are the caller's to read
-            return _json(view, {"error": f"{type(exc).__name__}: {exc}"}, 400)
-        return _json(view, {"columns": list(result.columns), "types": list(result.types),
-                            "rows": jsonable_rows(result)})
+        except JourneyError as exc:  # the warehouse went away
+            return _json(view, {"error": str(exc)}, 503)
+
+    async def answer(view: View, statement: Statement) -> Response:
+        found = await run(view, statement)
+        if isinstance(found, Response):
+            return found
+        return _json(view, {"columns": found.columns, "types": found.types, "rows": found.rows})
 
     @app.page("/health")
     class Health(View):
@@ -65,7 +78,7 @@ def install_web(app: faust.App, engine: Engine) -> None:
                     raise TypeError("sql must be a string and parameters an object")
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 return _json(self, {"error": f"bad request: {exc}"}, 400)
-            return await answer(self, sql, params)
+            return await answer(self, Statement(sql, params))
 
     @app.page("/analysis/funnel")
     class Funnel(View):
@@ -80,14 +93,10 @@ def install_web(app: faust.App, engine: Engine) -> None:
                                       query.getall("exclude", []))
             except AnalysisRequestError as exc:
                 return _json(self, {"error": str(exc)}, 400)
-            if engine.warehouse is None:
-                return _json(self, {"error": "the warehouse is still opening; retry"}, 503)
-            sql, params = funnel_query(spec)
-            try:
-                result = await asyncio.to_thread(run_readonly, engine.warehouse, sql, params)
-            except Exception as exc:  # ClickHouse errors are the caller's to read
-                return _json(self, {"error": f"{type(exc).__name__}: {exc}"}, 400)
-            columns, rows = funnel_rows(spec, shape_funnel(spec, result.rows))
+            found = await run(self, build(spec))
+            if isinstance(found, Response):
+                return found
+            columns, rows = funnel_rows(spec, shape_funnel(spec, found.rows))
             return _json(self, {"columns": columns, "rows": rows})
 
     # SLA compliance in /analysis/kpis uses this worker's sla_breach deadlines.
@@ -101,8 +110,8 @@ def install_web(app: faust.App, engine: Engine) -> None:
 
         async def get(self, request: Request, name: str) -> Response:
             try:
-                sql, params = analysis_sql(name, dict(request.query),
-                                           kpi_deadlines if name == "kpis" else None)
+                spec = analysis_request(name, dict(request.query),
+                                        kpi_deadlines if name == "kpis" else None)
             except AnalysisRequestError as exc:
                 return _json(self, {"error": str(exc)}, 400)
-            return await answer(self, sql, params)
+            return await answer(self, build(spec))

@@ -7,7 +7,7 @@ import difflib
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -19,22 +19,24 @@ from rich.text import Text
 
 from journey.cli import app
 from journey.cli.schema import required_properties
-from journey.cli.sql import OutputFormat, run_query
+from journey.cli.sql import OutputFormat
 from journey.errors import ConfigurationError, JourneyError
 from journey.settings import Settings
-from projections.clickhouse.analysis import (
+from projections.analysis.paths import (
     DEFAULT_CONVERSION,
     MAX_PATH_LENGTH,
-    MAX_RETENTION_PERIODS,
-    Period,
-    customer_identity_sql,
-    customer_timeline_sql,
-    paths_sql,
-    retention_sql,
-    stage_map_sql,
-    touchpoint_flows_sql,
+    FlowsSpec,
+    PathsSpec,
+    StageMapSpec,
+    sankey,
 )
-from projections.clickhouse.queries import Params
+from projections.analysis.retention import MAX_RETENTION_PERIODS, Period, RetentionSpec
+from projections.analysis.spec import before
+from projections.analysis.timeline import CustomerSpec
+from projections.clickhouse.builders import build
+from projections.clickhouse.builders.timeline import identity_query
+from projections.clickhouse.runner import Answer, Runner
+from projections.clickhouse.sql import Params, Statement
 from schemas.catalogue import CATALOGUE
 
 ANY_EVENT = "any"
@@ -102,31 +104,24 @@ def touchpoint_type(option: str, value: str) -> str:
     )
 
 
-def _utc(moment: datetime) -> datetime:
-    # naive times are UTC to the builders, so they compare the same way here
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _check_range(since: datetime | None, until: datetime | None) -> None:
-    if since is not None and until is not None and _utc(since) >= _utc(until):
+    if not before(since, until):
         raise ConfigurationError("--since must be earlier than --until")
 
 
-def _build(builder: Callable[..., tuple[str, Params]], **options: Any) -> tuple[str, Params]:
-    # The builders check their arguments too (for other callers); their message is the error.
+def _build(spec: Callable[..., object], **options: Any) -> Statement:
+    # The specs check their options (for every caller); their message is the error.
     try:
-        return builder(**options)
+        return build(spec(**options))
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
 
 
-def _run(
-    settings: Settings, sql: str, params: Params, show_sql: bool
-) -> tuple[list[str], list[list[Any]]]:
+def _run(settings: Settings, sql: str, params: Params, show_sql: bool) -> Answer:
     if show_sql:
         typer.echo(sql.strip(), err=True)
         typer.echo(f"-- parameters: {json.dumps(params, default=str)}", err=True)
-    return run_query(settings, sql, params)
+    return Runner.for_settings(settings).run(sql, params)
 
 
 def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
@@ -185,7 +180,7 @@ def paths_command(
     excluded = [touchpoint_type("--exclude", t) for t in exclude or []]
     _check_range(since, until)
     sql, params = _build(
-        paths_sql, start_at=start_at, end_at=end_at, top=top, max_length=max_length,
+        PathsSpec, start_at=start_at, end_at=end_at, top=top, max_length=max_length,
         collapse_repeats=collapse_repeats, exclude=excluded, since=since, until=until,
     )  # fmt: skip
     columns, rows = _run(Settings(), sql, params, show_sql)
@@ -244,7 +239,7 @@ def flows_command(
     excluded = [touchpoint_type("--exclude", t) for t in exclude or []]
     _check_range(since, until)
     sql, params = _build(
-        touchpoint_flows_sql, conversion=conversion, top=top, collapse_repeats=collapse_repeats,
+        FlowsSpec, conversion=conversion, top=top, collapse_repeats=collapse_repeats,
         exclude=excluded, since=since, until=until,
     )  # fmt: skip
     columns, rows = _run(Settings(), sql, params, show_sql)
@@ -255,32 +250,6 @@ def flows_command(
         _write_csv(columns, rows)
     else:
         _print_flows(flows, conversion)
-
-
-def sankey(flows: Sequence[Mapping[str, Any]], conversion: str) -> dict[str, Any]:
-    """Flow rows as Sankey data: nodes by name, links by node name with counts.
-
-    `value` is the transitions, `converted` the part of them made by converted people.
-    """
-    names: dict[str, None] = {}
-    for flow in flows:
-        names.setdefault(flow["source"])
-        names.setdefault(flow["target"])
-    return {
-        "conversion": conversion,
-        "nodes": [{"name": name} for name in names],
-        "links": [
-            {
-                "source": f["source"],
-                "target": f["target"],
-                "value": f["transitions"],
-                "people": f["people"],
-                "converted": f["converted_transitions"],
-                "converted_people": f["converted_people"],
-            }
-            for f in flows
-        ],
-    }
 
 
 def _print_flows(flows: list[dict[str, Any]], conversion: str,
@@ -328,11 +297,11 @@ def map_command(
     _check_range(since, until)
     if level == "touchpoint":
         conversion = touchpoint_type("--conversion", conversion)
-        sql, params = _build(touchpoint_flows_sql, conversion=conversion, since=since,
+        sql, params = _build(FlowsSpec, conversion=conversion, since=since,
                              until=until)
         label = conversion
     else:
-        sql, params = _build(stage_map_sql, since=since, until=until)
+        sql, params = _build(StageMapSpec, since=since, until=until)
         label = "a purchase"
     columns, rows = _run(Settings(), sql, params, show_sql)
     flows = _records(columns, rows)
@@ -372,7 +341,7 @@ def retention_command(
     )
     _check_range(since, until)
     sql, params = _build(
-        retention_sql, cohort_event=cohort_event, return_event=returning, period=period,
+        RetentionSpec, cohort_event=cohort_event, return_event=returning, period=period,
         periods=periods, since=since, until=until,
     )  # fmt: skip
     columns, rows = _run(Settings(), sql, params, show_sql)
@@ -438,10 +407,13 @@ def customer_command(
 ) -> None:
     """One person's cross-channel timeline, anonymous ids stitched to their customer."""
     settings = Settings()
-    who_sql, who_params = _build(customer_identity_sql, customer=customer)
+    try:
+        who_sql, who_params = identity_query(CustomerSpec(customer, limit))
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
     columns, rows = _run(settings, who_sql, who_params, show_sql)
     who = _records(columns, rows)[0]
-    sql, params = _build(customer_timeline_sql, customer=customer, limit=limit)
+    sql, params = _build(CustomerSpec, customer=customer, limit=limit)
     columns, rows = _run(settings, sql, params, show_sql)
     entries = _records(columns, rows)
     if not entries:

@@ -30,25 +30,26 @@ from journey.cli.funnel import _duration
 from journey.cli.sql import OutputFormat
 from journey.errors import ConfigurationError
 from journey.settings import Settings
-from projections.clickhouse.cx import (
+from projections.analysis.funnel import DEFAULT_WINDOW, FunnelSpecError, split_steps
+from projections.analysis.impact import (
     DEFAULT_IMPACT_FUNNEL,
     DEFAULT_RETENTION_FROM_DAYS,
     DEFAULT_RETENTION_TO_DAYS,
     DEFAULT_REVENUE_DAYS,
     MAX_OUTCOME_DAYS,
+    ImpactSpec,
+    impact_funnel,
+)
+from projections.analysis.kpis import (
     Deadline,
     Dimension,
-    friction_impact_sql,
-    impact_funnel,
+    KpiSpec,
     kpi_flat,
     kpi_records,
-    kpis_sql,
     parse_deadlines,
     parse_grouping,
     rule_deadlines,
-    split_steps,
 )
-from projections.clickhouse.funnels import DEFAULT_WINDOW, FunnelSpecError
 from projections.friction.config import load_config
 
 NO_CHANNEL = "(none)"
@@ -149,7 +150,7 @@ def kpis_command(
     deadlines, default = _deadlines(sla or [])
     _check_range(since, until)
     sql, params = _build(
-        kpis_sql, by=dimensions, since=since, until=until, deadlines=deadlines,
+        KpiSpec, by=dimensions, since=since, until=until, deadlines=deadlines,
         default_deadline=default,
     )  # fmt: skip
     columns, rows = _run(Settings(), sql, params, show_sql)
@@ -289,7 +290,7 @@ def impact_command(
         raise ConfigurationError(str(exc)) from exc
     _check_range(since, until)
     sql, params = _build(
-        friction_impact_sql, funnel=spec, since=since, until=until,
+        ImpactSpec, funnel=spec, since=since, until=until,
         retention_from_days=retention_from, retention_to_days=retention_to,
         revenue_days=revenue_days, rules=list(rule or []),
     )  # fmt: skip

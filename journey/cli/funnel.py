@@ -6,16 +6,16 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
 from journey.cli import app
-from journey.cli.sql import OutputFormat, _cell, _print_table, run_query
+from journey.cli.sql import OutputFormat, _cell, _print_table
 from journey.errors import ConfigurationError
 from journey.settings import Settings
-from projections.clickhouse.funnels import (
+from projections.analysis.funnel import (
     DEFAULT_DROPPED_LIMIT,
     DEFAULT_WINDOW,
     Attribution,
@@ -23,13 +23,14 @@ from projections.clickhouse.funnels import (
     FunnelOrder,
     FunnelSpec,
     FunnelSpecError,
-    dropped_query,
-    funnel_query,
     funnel_rows,
     parse_funnel,
     shape_funnel,
 )
-from projections.clickhouse.queries import Params
+from projections.analysis.spec import parse_moment
+from projections.clickhouse.builders.funnel import dropped_query, funnel_query
+from projections.clickhouse.runner import Runner
+from projections.clickhouse.sql import Params
 
 ALL_PEOPLE = "(all)"
 NO_VALUE = "(none)"
@@ -59,13 +60,12 @@ def _moment(text: str | None, option: str) -> datetime | None:
     if text is None:
         return None
     try:
-        moment = datetime.fromisoformat(text.strip())
+        return parse_moment(text)
     except ValueError:
         raise ConfigurationError(
             f"{option} takes an ISO 8601 date or time such as 2024-05-01 or "
             f"2024-05-01T09:00:00Z, got {text!r}"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _duration(seconds: float | None) -> str:
@@ -243,7 +243,7 @@ def funnel_command(
         _show(sql, params)
         return
     # JourneyError propagates: the entry point prints it as one line and exits 1.
-    columns, rows = run_query(Settings(), sql, params)
+    columns, rows = Runner.for_settings(Settings()).run(sql, params)
     if dropped_at is not None:
         if spec.breakdown is None:
             columns, rows = columns[:1] + columns[2:], [row[:1] + row[2:] for row in rows]

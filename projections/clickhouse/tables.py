@@ -320,6 +320,72 @@ READ_MODEL_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 
+# The touchpoints columns computed at insert (MATERIALIZED in the DDL above).
+TOUCHPOINT_MATERIALIZED_COLUMNS: tuple[str, ...] = (
+    "revenue", "amount", "currency", "campaign", "product_id", "order_id", "topic", "score",
+)  # fmt: skip
+
+# Every column a query may name, by table: what the writers fill plus what the DDL
+# computes or defaults. A test checks them against the migrated tables.
+READABLE_COLUMNS: dict[str, frozenset[str]] = {
+    TOUCHPOINTS: frozenset(
+        [*(name for name, _ in TOUCHPOINT_INSERT_COLUMNS), *TOUCHPOINT_MATERIALIZED_COLUMNS,
+         "inserted_at"]
+    ),
+    JOURNEYS: frozenset([*(name for name, _ in READ_MODEL_COLUMNS[JOURNEYS]), "updated_at"]),
+    TRANSITIONS: frozenset(name for name, _ in READ_MODEL_COLUMNS[TRANSITIONS]),
+    IDENTITIES: frozenset(name for name, _ in READ_MODEL_COLUMNS[IDENTITIES]),
+    FRICTION: frozenset([*(name for name, _ in READ_MODEL_COLUMNS[FRICTION]), "inserted_at"]),
+}
+
+
+class UnknownColumnError(ValueError):
+    """A name that is no column of the table in the registry."""
+
+
+# Only `column()` holds this, so only it can build a Column.
+_REGISTRY_KEY = object()
+
+
+class Column:
+    """A column of a registry table: the only kind of identifier a query builder writes
+    into SQL text. `column()` builds one after checking the name against the registry;
+    calling Column() directly raises, so a name from outside can never become one
+    without that check."""
+
+    __slots__ = ("name", "table")
+
+    def __init__(self, table: str, name: str, key: object = None) -> None:
+        if key is not _REGISTRY_KEY:
+            raise TypeError("a Column comes from the table registry: use column(table, name)")
+        self.table = table
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"column({self.table!r}, {self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Column) and (self.table, self.name) == (other.table, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.table, self.name))
+
+
+def column(table: str, name: str) -> Column:
+    """The column `name` of `table`; UnknownColumnError when the registry has no such."""
+    if name not in READABLE_COLUMNS.get(table, frozenset()):
+        raise UnknownColumnError(f"the {table} table has no column {name!r}")
+    return Column(table, name, _REGISTRY_KEY)
+
+
+def columns(table: str, *names: str) -> tuple[Column, ...]:
+    """Several columns of one table (see column())."""
+    return tuple(column(table, name) for name in names)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create touchpoints", (_TOUCHPOINTS_DDL,)),
     Migration(2, "create journeys, transitions and identities",
