@@ -13,16 +13,15 @@ from typing import Any
 import pytest
 
 from journey.cli import main
-from projections.clickhouse.analysis import (
-    Period,
-    customer_identity_sql,
-    customer_timeline_sql,
-    paths_sql,
-    retention_sql,
-    touchpoint_flows_sql,
-)
+from projections.analysis.paths import FlowsSpec, PathsSpec
+from projections.analysis.retention import Period, RetentionSpec
+from projections.analysis.timeline import CustomerSpec
+from projections.clickhouse.builders.paths import flows_query, paths_query
+from projections.clickhouse.builders.retention import retention_query
+from projections.clickhouse.builders.timeline import identity_query, timeline_query
 from projections.clickhouse.client import Warehouse
-from projections.clickhouse.queries import run_readonly
+from projections.clickhouse.readonly import run_readonly
+from projections.clickhouse.sql import Statement
 from projections.clickhouse.tables import FRICTION
 from projections.clickhouse.writer import insert_records, insert_touchpoints
 from tests.ports import free_port
@@ -35,6 +34,28 @@ DAY = timedelta(days=1)
 Record = dict[str, Any]
 # (occurred_at, event_id, type): the order a journey is walked in
 Event = tuple[datetime, str, str]
+
+
+
+
+def paths(**options: Any) -> Statement:
+    return paths_query(PathsSpec(**options))
+
+
+def flows(**options: Any) -> Statement:
+    return flows_query(FlowsSpec(**options))
+
+
+def retention(**options: Any) -> Statement:
+    return retention_query(RetentionSpec(**options))
+
+
+def timeline(customer: str, **options: Any) -> Statement:
+    return timeline_query(CustomerSpec(customer, **options))
+
+
+def identity(customer: str) -> Statement:
+    return identity_query(CustomerSpec(customer))
 
 
 # ---- records ---------------------------------------------------------------------------
@@ -289,7 +310,7 @@ def path_records() -> list[Record]:
 def test_paths_by_hand(warehouse: Warehouse) -> None:
     records = path_records()
     store(warehouse, records)
-    to_purchase = rows(warehouse, paths_sql(end_at="purchase", max_length=3, exclude=["identify"]))
+    to_purchase = rows(warehouse, paths(end_at="purchase", max_length=3, exclude=["identify"]))
     assert [(r[1], r[2], r[3]) for r in to_purchase] == [
         ("product_view > add_to_cart > purchase", 2, 2 / 7),  # p1, p5
         ("site_visit > add_to_cart > purchase", 2, 2 / 7),  # p4 (collapsed), p10 (tie order)
@@ -321,26 +342,26 @@ def test_paths_start_and_end_against_the_reference(warehouse: Warehouse) -> None
     ]
     for case in cases:
         options = {("collapse_repeats" if k == "collapse" else k): v for k, v in case.items()}
-        got = rows(warehouse, paths_sql(**options))
+        got = rows(warehouse, paths(**options))
         assert got == expected_paths(records, **case), case
 
 
 def test_collapse_and_max_length_by_hand(warehouse: Warehouse) -> None:
     records = seq("only", "site_visit", "site_visit", "product_view", "product_view", "site_visit")
     store(warehouse, records)
-    collapsed = rows(warehouse, paths_sql())
+    collapsed = rows(warehouse, paths())
     assert collapsed == [
         (["site_visit", "product_view", "site_visit"], "site_visit > product_view > site_visit", 1,
          1.0),
     ]  # fmt: skip
-    raw = rows(warehouse, paths_sql(collapse_repeats=False, max_length=4))
+    raw = rows(warehouse, paths(collapse_repeats=False, max_length=4))
     assert raw[0][0] == ["site_visit", "site_visit", "product_view", "product_view"]
     # the first product_view ends the path
     to_view = rows(
-        warehouse, paths_sql(end_at="product_view", max_length=2, collapse_repeats=False)
+        warehouse, paths(end_at="product_view", max_length=2, collapse_repeats=False)
     )
     assert to_view[0][0] == ["site_visit", "product_view"]
-    from_view = rows(warehouse, paths_sql(start_at="product_view", max_length=5))
+    from_view = rows(warehouse, paths(start_at="product_view", max_length=5))
     assert from_view[0][0] == ["product_view", "site_visit"]
 
 
@@ -355,7 +376,7 @@ def test_top_paths_order_ties_by_path(warehouse: Warehouse) -> None:
         *seq("t7", "ad_click", "purchase", "search"),
     ]
     store(warehouse, records)
-    got = rows(warehouse, paths_sql(top=3))
+    got = rows(warehouse, paths(top=3))
     assert [(r[0], r[2]) for r in got] == [
         (["ad_click", "purchase"], 2),
         (["search", "purchase"], 2),
@@ -369,7 +390,7 @@ def test_paths_in_a_time_range(warehouse: Warehouse) -> None:
     records = path_records()
     store(warehouse, records)
     since, until = T0 + 2 * MIN, T0 + 5 * MIN
-    got = rows(warehouse, paths_sql(start_at="product_view", since=since, until=until))
+    got = rows(warehouse, paths(start_at="product_view", since=since, until=until))
     assert got == expected_paths(records, start_at="product_view", since=since, until=until)
     assert got  # the range keeps some
 
@@ -384,23 +405,23 @@ def test_flows_by_hand(warehouse: Warehouse) -> None:
         *seq("f3", "site_visit", "product_view"),
     ]
     store(warehouse, records)
-    got = rows(warehouse, touchpoint_flows_sql())
+    got = rows(warehouse, flows())
     assert got == [
         ("site_visit", "add_to_cart", 3, 2, 1, 1),
         ("add_to_cart", "purchase", 1, 1, 1, 1),
         ("add_to_cart", "site_visit", 1, 1, 0, 0),
         ("site_visit", "product_view", 1, 1, 0, 0),
     ]
-    raw = rows(warehouse, touchpoint_flows_sql(collapse_repeats=False, top=2))
+    raw = rows(warehouse, flows(collapse_repeats=False, top=2))
     assert raw == [
         ("site_visit", "add_to_cart", 3, 2, 1, 1),
         ("add_to_cart", "purchase", 1, 1, 1, 1),
     ]
-    assert rows(warehouse, touchpoint_flows_sql(collapse_repeats=False)) == expected_flows(
+    assert rows(warehouse, flows(collapse_repeats=False)) == expected_flows(
         records, collapse=False
     )
     # converted by another type: f2 added to cart, f3 did not
-    by_cart = rows(warehouse, touchpoint_flows_sql(conversion="add_to_cart"))
+    by_cart = rows(warehouse, flows(conversion="add_to_cart"))
     assert by_cart == expected_flows(records, conversion="add_to_cart")
     assert ("site_visit", "product_view", 1, 1, 0, 0) in by_cart
 
@@ -415,7 +436,7 @@ def test_flows_against_the_reference(warehouse: Warehouse) -> None:
         {"exclude": ("identify", "site_visit")},
         {"top": 3},
     ):
-        built = touchpoint_flows_sql(
+        built = flows(
             conversion=options.get("conversion", "purchase"),
             collapse_repeats=options.get("collapse", True),
             exclude=options.get("exclude", ()),
@@ -466,7 +487,7 @@ def retention_records() -> list[Record]:
 def test_weekly_retention_by_hand(warehouse: Warehouse) -> None:
     records = retention_records()
     store(warehouse, records)
-    got = rows(warehouse, retention_sql(periods=4))
+    got = rows(warehouse, retention(periods=4))
     # the horizon is 06-15 (r7's visit): every period of these cohorts has begun
     assert [(r[0], r[1], r[2]) for r in got] == [
         (date(2024, 3, 25), 1, [1, 1, 0, 0, 0]),  # r7
@@ -478,7 +499,7 @@ def test_weekly_retention_by_hand(warehouse: Warehouse) -> None:
     assert got[2][3] == [1.0, 2 / 3, 0.0, 1 / 3, 1 / 3]
     assert got == expected_retention(records, periods=4)
     # returning by purchase only: r1 in week 3; r6 in week 3
-    by_purchase = rows(warehouse, retention_sql(return_event="purchase", periods=4))
+    by_purchase = rows(warehouse, retention(return_event="purchase", periods=4))
     assert [r[2] for r in by_purchase] == [[1, 0, 0, 0, 0], [1, 0, 0, 1, 0], [3, 0, 0, 1, 0],
                                            [1, 0, 0, 0, 0], [1, 0, 0, 0, 0]]  # fmt: skip
     assert by_purchase == expected_retention(records, return_event="purchase", periods=4)
@@ -487,7 +508,7 @@ def test_weekly_retention_by_hand(warehouse: Warehouse) -> None:
 def test_monthly_retention_and_the_horizon(warehouse: Warehouse) -> None:
     records = retention_records()
     store(warehouse, records)
-    got = rows(warehouse, retention_sql(period=Period.month, periods=4))
+    got = rows(warehouse, retention(period=Period.month, periods=4))
     # the horizon is 06-15: July and later have not begun, so they are NULL, not 0
     assert [(r[0], r[1], r[2]) for r in got] == [
         (date(2024, 3, 1), 1, [1, 1, 0, 1, None]),  # r7: back April 1st and in June
@@ -502,7 +523,7 @@ def test_retention_cohorts_in_a_range(warehouse: Warehouse) -> None:
     records = retention_records()
     store(warehouse, records)
     since, until = at("2024-04-29", "00:00:00"), at("2024-05-31", "00:00:00")
-    got = rows(warehouse, retention_sql(since=since, until=until, periods=6))
+    got = rows(warehouse, retention(since=since, until=until, periods=6))
     # r6's first purchase is before the range: no cohort; r7's June visit is past until
     assert [r[0] for r in got] == [date(2024, 4, 29), date(2024, 5, 6), date(2024, 5, 13)]
     assert got == expected_retention(records, since=since, until=until, periods=6)
@@ -511,7 +532,7 @@ def test_retention_cohorts_in_a_range(warehouse: Warehouse) -> None:
         {"cohort_event": "site_visit", "period": Period.month, "periods": 3},
         {"periods": 0},
     ):
-        built = retention_sql(since=since, until=until, **options)
+        built = retention(since=since, until=until, **options)
         assert rows(warehouse, built) == expected_retention(
             records, since=since, until=until, **options
         ), options
@@ -561,8 +582,8 @@ def test_paths_and_retention_on_random_people(warehouse: Warehouse) -> None:
         {"start_at": "site_visit", "collapse": False, "max_length": 2, "exclude": ("identify",)},
     ):
         options = {("collapse_repeats" if k == "collapse" else k): v for k, v in case.items()}
-        assert rows(warehouse, paths_sql(**options)) == expected_paths(records, **case), case
-    assert rows(warehouse, touchpoint_flows_sql()) == expected_flows(records)
+        assert rows(warehouse, paths(**options)) == expected_paths(records, **case), case
+    assert rows(warehouse, flows()) == expected_flows(records)
     since = at("2024-02-01", "00:00:00")
     for options in (
         {},
@@ -571,7 +592,7 @@ def test_paths_and_retention_on_random_people(warehouse: Warehouse) -> None:
         {"cohort_event": "add_to_cart", "return_event": "support_contact", "since": since},
         {"period": Period.month, "until": at("2024-04-15", "00:00:00"), "periods": 3},
     ):
-        got = rows(warehouse, retention_sql(**options))
+        got = rows(warehouse, retention(**options))
         assert got == expected_retention(records, **options), options
         # enough cohorts, and people coming back after period 0, to mean something
         assert len(got) >= 3 and any(n for row in got for n in row[2][1:]), options
@@ -628,30 +649,30 @@ def test_timeline_stitches_identities(warehouse: Warehouse) -> None:
         ("c-x", "c-x", False),
         ("a-4", "a-4", False),
     ):
-        got = rows(warehouse, customer_timeline_sql(requested))
+        got = rows(warehouse, timeline(requested))
         want = expected_timeline(records, person)
         assert [(r[0], r[6], r[3]) for r in got] == want, requested
         assert {r[1] for r in got} == {"touchpoint"}
         assert {r[7] for r in got} == {len(want)}
-        who = rows(warehouse, customer_identity_sql(requested))
+        who = rows(warehouse, identity(requested))
         assert who[0][:3] == (requested, person, via_link), requested
     c1_row = dict(zip(
         ("occurred_at", "entry", "channel", "type", "case_id", "properties", "event_id", "total"),
-        rows(warehouse, customer_timeline_sql("c-1"))[5], strict=True,
+        rows(warehouse, timeline("c-1"))[5], strict=True,
     ))  # fmt: skip
     assert (c1_row["channel"], c1_row["case_id"]) == ("phone", "k-1")
     assert json.loads(c1_row["properties"]) == {"topic": "delivery"}
-    who = rows(warehouse, customer_identity_sql("c-1"))[0]
+    who = rows(warehouse, identity("c-1"))[0]
     assert who[3:] == (["a-1", "a-2"], ["a-3"])
-    assert rows(warehouse, customer_identity_sql("c-x"))[0][3:] == ([], ["a-1"])
-    assert rows(warehouse, customer_timeline_sql("nobody")) == []
-    assert rows(warehouse, customer_timeline_sql("x'; DROP TABLE touchpoints; --")) == []
+    assert rows(warehouse, identity("c-x"))[0][3:] == ([], ["a-1"])
+    assert rows(warehouse, timeline("nobody")) == []
+    assert rows(warehouse, timeline("x'; DROP TABLE touchpoints; --")) == []
 
 
 def test_timeline_keeps_the_latest_entries(warehouse: Warehouse) -> None:
     records = timeline_records()
     store(warehouse, records)
-    got = rows(warehouse, customer_timeline_sql("a-1", limit=3))
+    got = rows(warehouse, timeline("a-1", limit=3))
     assert [(r[0], r[6], r[3]) for r in got] == expected_timeline(records, "c-1", limit=3)
     assert [r[7] for r in got] == [8, 8, 8]
 
@@ -673,7 +694,7 @@ def test_timeline_shows_the_persons_friction(warehouse: Warehouse) -> None:
     theirs = [friction_row("a-3", T0 + 4 * MIN, "negative_feedback", "csat"),  # c-y's
               friction_row("c-x", T0 + 42 * MIN, "escalation", "first")]
     insert_records(warehouse, FRICTION, [*mine, *theirs, mine[0]])  # a repeat: one row
-    got = rows(warehouse, customer_timeline_sql("a-1"))
+    got = rows(warehouse, timeline("a-1"))
     friction = [r for r in got if r[1] == "friction"]
     assert [(r[0], r[3], r[6]) for r in friction] == [
         (T0 + 6 * MIN, "friction: failed_outcome (refund)", f"{mine[0]['friction_id']}:friction"),
@@ -686,7 +707,7 @@ def test_timeline_shows_the_persons_friction(warehouse: Warehouse) -> None:
     times = [r[0] for r in got]
     assert times == sorted(times)
     assert {r[7] for r in got} == {len(expected_timeline(timeline_records(), "c-1")) + 2}
-    assert [r[3] for r in rows(warehouse, customer_timeline_sql("c-x"))
+    assert [r[3] for r in rows(warehouse, timeline("c-x"))
             if r[1] == "friction"] == ["friction: escalation (first)"]
 
 

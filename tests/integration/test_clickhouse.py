@@ -22,10 +22,13 @@ from urllib.parse import parse_qsl, urlparse
 import orjson
 import pytest
 
-from journey.cli.sql import QueryFailedError, run_query
 from journey.errors import ServiceUnavailableError
 from journey.settings import Settings
 from journey.workload import generate
+from projections.analysis.funnel import FunnelSpec, FunnelStep, shape_funnel, step_people
+from projections.analysis.trends import TouchpointCountsSpec
+from projections.clickhouse.builders.funnel import funnel_query
+from projections.clickhouse.builders.trends import touchpoint_counts_query
 from projections.clickhouse.client import (
     QueryError,
     Warehouse,
@@ -34,15 +37,12 @@ from projections.clickhouse.client import (
     WarehouseUnavailableError,
     connect,
 )
-from projections.clickhouse.queries import (
-    QueryRejectedError,
-    funnel_sql,
-    jsonable_rows,
-    run_readonly,
-    touchpoint_counts_sql,
-)
+from projections.clickhouse.readonly import QueryRejectedError, run_readonly
+from projections.clickhouse.runner import QueryFailedError, jsonable_rows, run_query
+from projections.clickhouse.sql import Statement
 from projections.clickhouse.tables import (
     MIGRATIONS,
+    READABLE_COLUMNS,
     SCHEMA_MIGRATIONS,
     TOUCHPOINT_INSERT_COLUMNS,
     TOUCHPOINTS,
@@ -54,6 +54,18 @@ from projections.ingest import Admitted, admit
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
+
+
+def touchpoint_counts_sql(**options: Any) -> Statement:
+    return touchpoint_counts_query(TouchpointCountsSpec(**options))
+
+
+def funnel(
+    warehouse: Warehouse, steps: list[str], window_s: int, **options: Any
+) -> list[tuple[int, str, int]]:
+    """(step, type, people) of a plain ordered funnel, from the one funnel engine."""
+    spec = FunnelSpec(tuple(FunnelStep(t) for t in steps), window_seconds=window_s, **options)
+    return step_people(shape_funnel(spec, run_readonly(warehouse, *funnel_query(spec)).rows))
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,6 +150,13 @@ def test_writer_columns_match_the_table(warehouse: Warehouse) -> None:
     described = {row[0]: row[1] for row in warehouse.query(f"DESCRIBE TABLE {TOUCHPOINTS}").rows}
     for name, type_ in TOUCHPOINT_INSERT_COLUMNS:
         assert described[name] == type_, name
+
+
+def test_the_registry_names_every_column_of_every_table(warehouse: Warehouse) -> None:
+    # the only identifiers builders write into SQL are these: exactly the tables' columns
+    for table, names in READABLE_COLUMNS.items():
+        described = {row[0] for row in warehouse.query(f"DESCRIBE TABLE {table}").rows}
+        assert names == described, table
 
 
 # ---- writes ----------------------------------------------------------------------------
@@ -780,10 +799,9 @@ def test_funnel_on_hand_built_journeys(warehouse: Warehouse) -> None:
         "cart_only": 0,
         "no_step_at_all": 0,
     }
-    result = run_readonly(warehouse, *funnel_sql(STEPS, WINDOW))
-    assert result.columns == ("step", "step_type", "customers")
-    assert result.rows == [(1, "site_visit", 8), (2, "add_to_cart", 6), (3, "purchase", 3)]
-    assert result.rows == expected_funnel(journeys, STEPS, WINDOW)
+    found = funnel(warehouse, STEPS, WINDOW)
+    assert found == [(1, "site_visit", 8), (2, "add_to_cart", 6), (3, "purchase", 3)]
+    assert found == expected_funnel(journeys, STEPS, WINDOW)
 
 
 def test_funnel_on_random_journeys(warehouse: Warehouse) -> None:
@@ -798,8 +816,7 @@ def test_funnel_on_random_journeys(warehouse: Warehouse) -> None:
     }
     insert_journeys(warehouse, journeys)
     for window in (600, 3600, 7200):
-        result = run_readonly(warehouse, *funnel_sql(STEPS, window))
-        assert result.rows == expected_funnel(journeys, STEPS, window), window
+        assert funnel(warehouse, STEPS, window) == expected_funnel(journeys, STEPS, window), window
 
 
 def test_funnel_time_range_and_empty_steps(warehouse: Warehouse) -> None:
@@ -807,10 +824,10 @@ def test_funnel_time_range_and_empty_steps(warehouse: Warehouse) -> None:
     insert_journeys(warehouse, journeys)
     until = T0 + timedelta(minutes=150)  # leaves out the second try and the late purchase
     clipped = {c: [(t, k) for t, k in events if t < until] for c, events in journeys.items()}
-    result = run_readonly(warehouse, *funnel_sql(STEPS, WINDOW, since=T0, until=until))
-    assert result.rows == expected_funnel(clipped, STEPS, WINDOW)
-    nobody = run_readonly(warehouse, *funnel_sql(["x'; DROP TABLE touchpoints; --", "b"], 60))
-    assert nobody.rows == [(1, "x'; DROP TABLE touchpoints; --", 0), (2, "b", 0)]
+    found = funnel(warehouse, STEPS, WINDOW, since=T0, until=until)
+    assert found == expected_funnel(clipped, STEPS, WINDOW)
+    nobody = funnel(warehouse, ["x'; DROP TABLE touchpoints; --", "b"], 60)
+    assert nobody == [(1, "x'; DROP TABLE touchpoints; --", 0), (2, "b", 0)]
     assert final_count(warehouse) == sum(len(e) for e in journeys.values())
 
 
@@ -930,9 +947,9 @@ def test_funnel_stitches_each_scenario(
 ) -> None:
     records = stitching_scenarios()[scenario]
     insert_touchpoints(warehouse, records)
-    result = run_readonly(warehouse, *funnel_sql(FULL_FUNNEL, DAY))
-    assert [row[2] for row in result.rows] == expected_people
-    assert result.rows == expected_funnel(stitched_journeys(records), FULL_FUNNEL, DAY)
+    found = funnel(warehouse, FULL_FUNNEL, DAY)
+    assert [row[2] for row in found] == expected_people
+    assert found == expected_funnel(stitched_journeys(records), FULL_FUNNEL, DAY)
 
 
 def test_funnel_stitches_all_scenarios_together(warehouse: Warehouse) -> None:
@@ -951,18 +968,18 @@ def test_funnel_stitches_all_scenarios_together(warehouse: Warehouse) -> None:
     }
     # by customer_key alone nobody converts: the data exercises the stitching
     assert expected_funnel(keyed_journeys(records), FULL_FUNNEL, DAY)[-1][2] == 0
-    result = run_readonly(warehouse, *funnel_sql(FULL_FUNNEL, DAY))
-    assert result.rows == [
+    found = funnel(warehouse, FULL_FUNNEL, DAY)
+    assert found == [
         (1, "ad_impression", 5),
         (2, "site_visit", 5),
         (3, "add_to_cart", 4),
         (4, "purchase", 2),
     ]
-    assert result.rows == expected_funnel(journeys, FULL_FUNNEL, DAY)
+    assert found == expected_funnel(journeys, FULL_FUNNEL, DAY)
     # the links come from the whole store even when the range leaves the identifies out
     since = T0 + timedelta(minutes=3)
-    ranged = run_readonly(warehouse, *funnel_sql(FULL_FUNNEL, DAY, since=since))
-    assert ranged.rows == expected_funnel(stitched_journeys(records, since=since), FULL_FUNNEL, DAY)
+    ranged = funnel(warehouse, FULL_FUNNEL, DAY, since=since)
+    assert ranged == expected_funnel(stitched_journeys(records, since=since), FULL_FUNNEL, DAY)
 
 
 def expected_counts(

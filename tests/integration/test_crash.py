@@ -26,12 +26,12 @@ from typing import Any
 
 import pytest
 
-from journey.cli.sql import run_query
 from journey.replay import projection_lags
 from journey.settings import Settings
 from journey.stack import KafkaStack
 from journey.worker import WorkerProcess, settings_env, worker_status
 from journey.workload import Workload, generate
+from projections.clickhouse.runner import run_query
 from streams.kafka import make_producer
 from tests.ports import free_port
 

@@ -13,18 +13,14 @@ import orjson
 import pytest
 
 from journey.cli import main
+from projections.analysis.funnel import FunnelSpec
+from projections.analysis.impact import IMPACT_COLUMNS, ImpactSpec, impact_funnel
+from projections.analysis.kpis import KPI_COLUMNS, Deadline, Dimension, KpiSpec, kpi_records
+from projections.clickhouse.builders.impact import impact_query
+from projections.clickhouse.builders.kpis import kpis_query
 from projections.clickhouse.client import Warehouse
-from projections.clickhouse.cx import (
-    IMPACT_COLUMNS,
-    KPI_COLUMNS,
-    Deadline,
-    Dimension,
-    friction_impact_sql,
-    impact_funnel,
-    kpi_records,
-    kpis_sql,
-)
-from projections.clickhouse.queries import run_readonly
+from projections.clickhouse.readonly import run_readonly
+from projections.clickhouse.sql import Statement
 from projections.clickhouse.tables import FRICTION, TOUCHPOINTS
 from projections.clickhouse.writer import (
     insert_friction_json,
@@ -34,6 +30,14 @@ from projections.clickhouse.writer import (
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
+
+
+def kpis(**options: Any) -> Statement:
+    return kpis_query(KpiSpec(**options))
+
+
+def impact(funnel: FunnelSpec | None = None, **options: Any) -> Statement:
+    return impact_query(ImpactSpec(funnel, **options))
 
 
 
@@ -425,7 +429,7 @@ def test_kpis_match_the_reference(
 ) -> None:
     touchpoints, frictions = kpi_data()
     store(touchpoints, frictions)
-    built = kpis_sql(by=dimensions, since=since, until=until, deadlines=DEADLINES,
+    built = kpis(by=dimensions, since=since, until=until, deadlines=DEADLINES,
                      default_deadline=DEFAULT)  # fmt: skip
     got = by_key(rows(warehouse, built), dimensions)
     want = reference_kpis(touchpoints, frictions, dimensions, DEADLINES, DEFAULT, since, until)
@@ -436,7 +440,7 @@ def test_kpis_by_channel_read_as_designed(warehouse: Warehouse, store: Any) -> N
     """The reference itself, spelled out for the phone and chat channels."""
     store(*kpi_data())
     got = by_key(
-        rows(warehouse, kpis_sql(by=["channel"], deadlines=DEADLINES, default_deadline=DEFAULT)),
+        rows(warehouse, kpis(by=["channel"], deadlines=DEADLINES, default_deadline=DEFAULT)),
         (Dimension.channel,),
     )
     phone, chat, email = got[("phone",)], got[("chat",)], got[("email",)]
@@ -465,7 +469,7 @@ def test_kpis_by_channel_read_as_designed(warehouse: Warehouse, store: Any) -> N
 
 def test_kpis_without_data_give_one_empty_total(warehouse: Warehouse, store: Any) -> None:
     store([], [])
-    (total,) = rows(warehouse, kpis_sql(by=[]))
+    (total,) = rows(warehouse, kpis(by=[]))
     assert total["customers"] == 0 and total["cases"] == 0
     assert total["csat"] is None and total["first_response_median_seconds"] is None
     assert total["frictions"] == {} and total["friction_per_1000"] == {}
@@ -663,8 +667,8 @@ def assert_impact(got: dict[str, Any], want: list[dict[str, Any]]) -> None:
 def test_friction_impact_matches_the_reference(warehouse: Warehouse, store: Any) -> None:
     touchpoints, frictions = impact_data()
     store(touchpoints, frictions)
-    got = impact_rows(warehouse, friction_impact_sql(since=STUDY[0], until=STUDY[1]))
-    assert list(rows(warehouse, friction_impact_sql(since=STUDY[0], until=STUDY[1]))[0]) == list(
+    got = impact_rows(warehouse, impact(since=STUDY[0], until=STUDY[1]))
+    assert list(rows(warehouse, impact(since=STUDY[0], until=STUDY[1]))[0]) == list(
         IMPACT_COLUMNS
     )
     assert_impact(got, reference_impact(touchpoints, frictions, checkout_then_purchase()))
@@ -680,7 +684,7 @@ def test_friction_impact_matches_the_reference(warehouse: Warehouse, store: Any)
     assert sla["revenue_per_customer_comparison"] == pytest.approx(100 / 3)
     assert sla["lost_revenue"] == pytest.approx(20.0)
     # the costliest first
-    order = [r["rule"] for r in rows(warehouse, friction_impact_sql(since=STUDY[0],
+    order = [r["rule"] for r in rows(warehouse, impact(since=STUDY[0],
                                                                     until=STUDY[1]))]  # fmt: skip
     assert order == sorted(got, key=lambda rule: -(got[rule]["lost_revenue"] or -math.inf))
 
@@ -689,14 +693,14 @@ def test_friction_impact_options(warehouse: Warehouse, store: Any) -> None:
     touchpoints, frictions = impact_data()
     store(touchpoints, frictions)
     spec = impact_funnel(["checkout_started", "purchase[revenue>35]"])
-    built = friction_impact_sql(spec, since=STUDY[0], until=STUDY[1], retention_from_days=10,
+    built = impact(spec, since=STUDY[0], until=STUDY[1], retention_from_days=10,
                                 retention_to_days=50, revenue_days=5)  # fmt: skip
     want = reference_impact(touchpoints, frictions, checkout_then_purchase(35),
                             retention=(10, 50), revenue_days=5)  # fmt: skip
     got = impact_rows(warehouse, built)
     assert_impact(got, want)
     assert got["sla_breach"]["conversion_affected"] == 0.0  # A1 bought for 30
-    only = friction_impact_sql(since=STUDY[0], until=STUDY[1], rules=["checkout_abandoned"])
+    only = impact(since=STUDY[0], until=STUDY[1], rules=["checkout_abandoned"])
     assert list(impact_rows(warehouse, only)) == ["checkout_abandoned"]
 
 
@@ -705,10 +709,10 @@ def test_user_values_are_data_not_sql(warehouse: Warehouse, store: Any) -> None:
     store(touchpoints, frictions)
     hostile = "x'); DROP TABLE touchpoints; --"
     spec = impact_funnel([f'checkout_started[topic="{hostile}"]', "purchase"])
-    sql, params = friction_impact_sql(spec, since=STUDY[0], until=STUDY[1], rules=[hostile])
+    sql, params = impact(spec, since=STUDY[0], until=STUDY[1], rules=[hostile])
     assert hostile not in sql and "DROP" not in sql
     assert run_readonly(warehouse, sql, params).rows == []
-    assert rows(warehouse, kpis_sql(since=T0, until=T0 + DAY))  # dates bound
+    assert rows(warehouse, kpis(since=T0, until=T0 + DAY))  # dates bound
     assert run_readonly(warehouse, "SELECT count() FROM touchpoints").scalar() == len(touchpoints)
 
 
@@ -808,7 +812,7 @@ def test_kpis_and_impact_follow_retractions(warehouse: Warehouse) -> None:
     touchpoints, frictions = kpi_data()
     standing = write(touchpoints, frictions, "sla_breach")
     for dimensions in ((), (Dimension.channel,)):
-        built = kpis_sql(by=dimensions, deadlines=DEADLINES, default_deadline=DEFAULT)
+        built = kpis(by=dimensions, deadlines=DEADLINES, default_deadline=DEFAULT)
         got = by_key(rows(warehouse, built), dimensions)
         assert_same(got, reference_kpis(touchpoints, standing, dimensions, DEADLINES, DEFAULT,
                                         None, None))
@@ -817,5 +821,5 @@ def test_kpis_and_impact_follow_retractions(warehouse: Warehouse) -> None:
         warehouse.command(f"TRUNCATE TABLE {table}")
     touchpoints, frictions = impact_data()
     standing = write(touchpoints, frictions, "sla_breach")
-    got = impact_rows(warehouse, friction_impact_sql(since=STUDY[0], until=STUDY[1]))
+    got = impact_rows(warehouse, impact(since=STUDY[0], until=STUDY[1]))
     assert_impact(got, reference_impact(touchpoints, standing, checkout_then_purchase()))

@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from journey.cli.sql import run_query
 from journey.friction_plan import PUSH_AFTER_DAYS, PlantedFriction, plant_friction
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
 from journey.worker import WorkerProcess
+from projections.clickhouse.runner import run_query
 from schemas.friction import FrictionEvent
 from tests.integration.helpers import read_topic, wait_for
 

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 import pytest
 
-from journey.cli.sql import run_query
 from journey.replay import projection_lags
 from journey.settings import Settings
 from journey.worker import WorkerProcess, settings_env
+from projections.clickhouse.runner import run_query
 from projections.friction import FrictionConfig
 from projections.friction.signal import signal_of
 from projections.friction.timeline import evaluate

@@ -14,20 +14,18 @@ from typing import Any
 import pytest
 
 from journey.cli import main
-from projections.clickhouse.client import Warehouse
-from projections.clickhouse.funnels import (
+from projections.analysis.funnel import (
     Attribution,
     FunnelGroup,
     FunnelOrder,
     FunnelSpec,
     StepFilter,
-    dropped_query,
-    funnel_query,
     parse_funnel,
     shape_funnel,
-    takes_chain_path,
 )
-from projections.clickhouse.queries import run_readonly
+from projections.clickhouse.builders.funnel import dropped_query, funnel_query, takes_chain_path
+from projections.clickhouse.client import Warehouse
+from projections.clickhouse.readonly import run_readonly
 from projections.clickhouse.tables import TOUCHPOINTS
 from projections.clickhouse.writer import insert_touchpoints
 

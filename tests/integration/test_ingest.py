@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from journey.cli.sql import run_query
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
 from journey.worker import WorkerProcess, settings_env
+from projections.clickhouse.runner import run_query
 from schemas.dead_letter import DeadLetter
 from streams.kafka import make_producer
 from tests.integration.helpers import counters, encode, read_topic, touchpoint, wait_for

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from journey.cli.sql import run_query
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
 from journey.worker import WorkerProcess
+from projections.clickhouse.runner import run_query
 from tests.integration.helpers import touchpoint, wait_for
 
 pytestmark = pytest.mark.integration
@@ -201,10 +201,10 @@ async def test_a_conflicting_claim_keeps_the_first_link(
 
 def test_the_stage_map_counts_the_merged_journey(settings: Settings, worker: WorkerProcess) -> None:
     # Runs after the merge test: its customer's transitions lie in [at(0), at(40)).
-    from projections.clickhouse.analysis import stage_map_sql
+    from projections.analysis.paths import StageMapSpec
+    from projections.clickhouse.builders.paths import stage_map_query
 
-    sql, params = stage_map_sql(since=at(0), until=at(40))
-    columns, found = run_query(settings, sql, params)
+    columns, found = run_query(settings, stage_map_query(StageMapSpec(since=at(0), until=at(40))))
     flows = {(r[0], r[1]): r[2:] for r in found}
     assert columns[:3] == ["source", "target", "transitions"]
     assert flows == {
@@ -278,7 +278,8 @@ def test_the_timeline_shows_stage_changes_between_touchpoints(
     settings: Settings, worker: WorkerProcess
 ) -> None:
     # The merge test's customer: anonymous events, identify, purchase, a later visit.
-    from projections.clickhouse.analysis import customer_timeline_sql
+    from projections.analysis.timeline import CustomerSpec
+    from projections.clickhouse.builders.timeline import timeline_query
 
     customer = rows(
         settings,
@@ -287,7 +288,7 @@ def test_the_timeline_shows_stage_changes_between_touchpoints(
         a=at(0).replace(tzinfo=None),
         b=at(1).replace(tzinfo=None),
     )[0][0]
-    columns, found = run_query(settings, *customer_timeline_sql(customer))
+    columns, found = run_query(settings, timeline_query(CustomerSpec(customer)))
     entry, type_ = columns.index("entry"), columns.index("type")
     assert [(r[entry], r[type_]) for r in found] == [
         ("touchpoint", "ad_impression"),

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from journey.cli.sql import run_query
 from journey.replay import projection_lags
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
 from journey.worker import WorkerProcess, settings_env
 from journey.workload import generate
+from projections.clickhouse.runner import run_query
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
