@@ -273,8 +273,7 @@ def run(events: int, seed: int, keep: bool) -> Report:
     base = projection_settings(run_id)
     report = Report(events, seed, run_id, datetime.now(UTC).isoformat(timespec="seconds"))
     report.settings = {name: getattr(base, name) for name in (
-        "topic_partitions", "validator_batch_size", "sink_batch_size", "sink_batch_seconds",
-        "store")}
+        "topic_partitions", "validator_batch_size", "sink_batch_size", "sink_batch_seconds")}
 
     def drop_heavy() -> None:
         if not keep:

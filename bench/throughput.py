@@ -585,7 +585,7 @@ def run(events: int, seed: int, keep: bool) -> Report:
         # Each phase runs only the part it times: the journey projection would compete
         # for the same two cores (it is measured on its own elsewhere).
         validator = worker_settings(base, run_dir, "validator", sink_enabled=False,
-                                    journeys_enabled=False)
+                                    journeys_enabled=False, friction_enabled=False)
         # The validator and the dedup stage together: from the ingest topic to the event
         # store, each touchpoint validated, re-keyed, deduplicated, stored once.
         with phase("validator + dedup worker (sink off)") as progress, \
@@ -610,7 +610,7 @@ def run(events: int, seed: int, keep: bool) -> Report:
         # 200k-entry dedup table while the sink is being timed.
         sink = worker_settings(base, run_dir, "sink", app_id=f"{base.app_id}-sink",
                                topic_ingest=f"{base.app_id}.idle.ingest",
-                               journeys_enabled=False)
+                               journeys_enabled=False, friction_enabled=False)
         with phase("sink worker (validator idle)") as progress, \
                 running_worker(sink) as (worker, spawned, ready):
             # The sink is done in a few seconds: a finer poll keeps the timing error small.
