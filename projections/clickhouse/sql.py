@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from projections.clickhouse.tables import TOUCHPOINTS, Column, columns
+from projections.friction import signal as friction_signal
 from projections.identity import IDENTIFY_TYPE
 
 Params = dict[str, Any]
@@ -131,31 +132,32 @@ def horizon() -> str:
 
 # ---- service cases ---------------------------------------------------------------------
 
-SUPPORT_CONTACT = "support_contact"
+SUPPORT_CONTACT = friction_signal.SUPPORT_CONTACT
 BILLING_INQUIRY = "billing_inquiry"
 AGENT_RESPONSE = "agent_response"
-OUTBOUND = "outbound"
 
 
 def inbound_contact(params: Params) -> str:
-    """Condition on (type, properties): the customer reached out about a case."""
-    params.update(support_contact=SUPPORT_CONTACT, billing_inquiry=BILLING_INQUIRY,
-                  outbound=OUTBOUND)  # fmt: skip
+    """Condition on (type, properties): the customer reached out about a case, as the
+    friction rules read it (FrictionSignal.is_contact)."""
+    params.update(contact_types=sorted(friction_signal.CONTACT_TYPES),
+                  support_contact=SUPPORT_CONTACT, outbound=friction_signal.OUTBOUND)
     return (
-        "(type = {billing_inquiry:String} OR (type = {support_contact:String}"
+        "(has({contact_types:Array(String)}, type) OR (type = {support_contact:String}"
         " AND JSONExtractString(properties, 'direction') != {outbound:String}))"
     )
 
 
 def company_answer(params: Params) -> str:
-    """Condition on (type, properties): the company answered a case."""
-    params.update(agent_response=AGENT_RESPONSE, support_contact=SUPPORT_CONTACT,
-                  outbound=OUTBOUND)  # fmt: skip
+    """Condition on (type, properties): the company's first response to a case, as the
+    sla_breach rule reads it (FrictionSignal.is_first_response): an agent response, an
+    outbound contact or a resolution."""
+    params.update(first_response_types=sorted(friction_signal.FIRST_RESPONSE_TYPES),
+                  support_contact=SUPPORT_CONTACT, outbound=friction_signal.OUTBOUND)
     return (
-        "(type = {agent_response:String} OR (type = {support_contact:String}"
+        "(has({first_response_types:Array(String)}, type) OR (type = {support_contact:String}"
         " AND JSONExtractString(properties, 'direction') = {outbound:String}))"
     )
-
 
 ESCALATION = "escalation"
 CASE_RESOLVED = "case_resolved"

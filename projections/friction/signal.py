@@ -18,7 +18,14 @@ from schemas.self_service import ChatbotSessionProperties, IvrSessionProperties
 from schemas.service import SupportContactProperties
 from schemas.touchpoint import Touchpoint
 
-_FIRST_RESPONSE_TYPES: Final = frozenset({"agent_response", "case_resolved"})
+# What counts as a customer's contact and as the company's first response about a case:
+# the one definition, read by the friction rules here and bound into the KPI SQL
+# (projections/clickhouse/sql.py). A support_contact is a contact unless its direction is
+# outbound, and then it is a response.
+SUPPORT_CONTACT: Final = "support_contact"
+OUTBOUND: Final = "outbound"
+CONTACT_TYPES: Final = frozenset({"billing_inquiry"})
+FIRST_RESPONSE_TYPES: Final = frozenset({"agent_response", "case_resolved"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +65,16 @@ class FrictionSignal:
     @property
     def is_contact(self) -> bool:
         """An inbound support contact (direction inbound or unset) or a billing inquiry."""
-        if self.type == "billing_inquiry":
+        if self.type in CONTACT_TYPES:
             return True
-        return self.type == "support_contact" and self.direction != "outbound"
+        return self.type == SUPPORT_CONTACT and self.direction != OUTBOUND
 
     @property
     def is_first_response(self) -> bool:
         """An agent response, a resolution or an outbound contact: the company answered."""
-        if self.type in _FIRST_RESPONSE_TYPES:
+        if self.type in FIRST_RESPONSE_TYPES:
             return True
-        return self.type == "support_contact" and self.direction == "outbound"
+        return self.type == SUPPORT_CONTACT and self.direction == OUTBOUND
 
     def to_dict(self) -> dict[str, Any]:
         """Only the fields that are set: most touchpoints need five or six."""

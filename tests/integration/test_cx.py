@@ -15,7 +15,14 @@ import pytest
 from journey.cli import main
 from projections.analysis.funnel import FunnelSpec
 from projections.analysis.impact import IMPACT_COLUMNS, ImpactSpec, impact_funnel
-from projections.analysis.kpis import KPI_COLUMNS, Deadline, Dimension, KpiSpec, kpi_records
+from projections.analysis.kpis import (
+    KPI_COLUMNS,
+    Deadline,
+    Dimension,
+    KpiSpec,
+    kpi_records,
+    rule_deadlines,
+)
 from projections.clickhouse.builders.impact import impact_query
 from projections.clickhouse.builders.kpis import kpis_query
 from projections.clickhouse.client import Warehouse
@@ -27,6 +34,10 @@ from projections.clickhouse.writer import (
     insert_records,
     insert_touchpoints,
 )
+from projections.friction import FrictionConfig
+from projections.friction.signal import signal_of
+from projections.friction.timeline import evaluate
+from projections.ingest import Admitted, admit
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -144,7 +155,8 @@ def inbound(r: Record) -> bool:
 
 
 def answer(r: Record) -> bool:
-    return bool(r["type"] == "agent_response") or (
+    # the sla_breach rule's first response: a resolution answers a case too
+    return bool(r["type"] in ("agent_response", "case_resolved")) or (
         r["type"] == "support_contact" and r["properties"].get("direction") == "outbound"
     )
 
@@ -473,6 +485,47 @@ def test_kpis_without_data_give_one_empty_total(warehouse: Warehouse, store: Any
     assert total["customers"] == 0 and total["cases"] == 0
     assert total["csat"] is None and total["first_response_median_seconds"] is None
     assert total["frictions"] == {} and total["friction_per_1000"] == {}
+
+
+def test_kpis_and_the_sla_rule_agree_on_what_a_first_response_is(
+    warehouse: Warehouse, store: Any
+) -> None:
+    """A resolution answers a case: the sla_breach rule and SLA compliance read the one
+    definition (projections/friction/signal.py), under the rule's own deadlines."""
+    e = event
+    config = FrictionConfig()
+    first_ms = config.sla_breach.first_response_ms("chat")  # 10 minutes
+    touchpoints = [
+        # resolved within the first-response deadline, never answered in words: in time
+        e("support_contact", T0, customer="c1", channel="chat", case="kA", topic="x"),
+        e("case_resolved", T0 + 8 * MIN, customer="c1", channel="chat", case="kA"),
+        # resolved after it: the first response came late
+        e("support_contact", T0 + HOUR, customer="c2", channel="chat", case="kB", topic="x"),
+        e("case_resolved", T0 + HOUR + 15 * MIN, customer="c2", channel="chat", case="kB"),
+        e("site_visit", T0 + 5 * DAY, customer="c3", url="https://shop.test/"),
+    ]
+    store(touchpoints, [])
+    missed: set[str] = set()
+    for who in ("c1", "c2"):
+        signals = []
+        for r in touchpoints:
+            if r["customer_id"] == who:
+                admitted = admit(orjson.dumps(r), now=T0 + 6 * DAY)
+                assert isinstance(admitted, Admitted)
+                signals.append(signal_of(admitted.touchpoint))
+        watermark = int((T0 + 5 * DAY).timestamp() * 1000)
+        found = evaluate(signals, watermark, config, who).values()
+        missed |= {f.case_id or "" for f in found if (f.rule, f.kind) == ("sla_breach",
+                                                                           "first_response")}
+    assert missed == {"kB"}
+    deadlines, default = rule_deadlines(config.sla_breach)
+    assert deadlines["chat"].first_response_seconds * 1000 == first_ms
+    (chat,) = [r for r in rows(warehouse, kpis(by=["channel"], deadlines=deadlines,
+                                               default_deadline=default))
+               if r["channel"] == "chat"]
+    # kA in time, kB's first response 15 minutes after opening: one of two compliant
+    assert (chat["cases"], chat["sla_cases"], chat["sla_compliance"]) == (2, 2, 0.5)
+    assert chat["first_response_median_seconds"] == (8 * 60 + 15 * 60) / 2
 
 
 # ---- the impact population -------------------------------------------------------------

@@ -41,3 +41,29 @@ def test_a_package_imports_only_the_layers_below(package: str) -> None:
         if name.split(".")[0] in OURS and name.split(".")[0] not in ALLOWED[package]
     }
     assert not wrong, sorted(wrong)
+
+
+def test_runtime_code_never_imports_the_cli() -> None:
+    # the worker, replay, the demo and the benchmarks share what lies below the CLI
+    runtime = [p for p in modules("journey") if "cli" not in p.relative_to(ROOT).parts]
+    runtime += modules("bench")
+    wrong = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in runtime
+        for name in imported(path)
+        if name == "journey.cli" or name.startswith("journey.cli.")
+    }
+    assert wrong == {"journey/__main__.py: journey.cli"}, sorted(wrong)
+
+
+def test_one_runner_reaches_the_warehouse_for_analysts() -> None:
+    # outside the adapter, only the runner and the gate's own tests call run_readonly
+    callers = {
+        str(path.relative_to(ROOT))
+        for package in ("journey", "streams", "bench", "projections")
+        for path in modules(package)
+        if "run_readonly" in path.read_text()
+    }
+    assert callers == {
+        "projections/clickhouse/readonly.py", "projections/clickhouse/runner.py",
+    }, sorted(callers)

@@ -82,3 +82,17 @@ def test_impact_defaults_and_checks() -> None:
         impact(since=datetime(2024, 6, 1), until=datetime(2024, 5, 1))
     with pytest.raises(FunnelSpecError, match="unknown touchpoint type"):
         impact_funnel(["checkout", "purchase"])
+
+
+def test_the_kpis_bind_the_friction_rules_definition_of_a_response() -> None:
+    # one rule, one place: the SQL binds the sets the friction rules read
+    from projections.friction.signal import CONTACT_TYPES, FIRST_RESPONSE_TYPES, OUTBOUND
+
+    sql, params = kpis()
+    assert params["first_response_types"] == sorted(FIRST_RESPONSE_TYPES)
+    assert "case_resolved" in params["first_response_types"]
+    assert params["contact_types"] == sorted(CONTACT_TYPES)
+    assert params["outbound"] == OUTBOUND
+    assert "'case_resolved'" not in sql and "'agent_response'" not in sql
+    _, params = impact()
+    assert params["contact_types"] == sorted(CONTACT_TYPES)
