@@ -23,7 +23,8 @@ def install_web(app: faust.App, engine: Engine) -> None:
     from projections.clickhouse.api import AnalysisRequestError, analysis_sql, funnel_request
     from projections.clickhouse.cx import rule_deadlines
     from projections.clickhouse.funnels import funnel_query, funnel_rows, shape_funnel
-    from projections.clickhouse.queries import QueryRejectedError, jsonable_rows, run_readonly
+    from projections.clickhouse.queries import jsonable_rows
+    from projections.clickhouse.readonly import QueryRejectedError, run_readonly
 
     async def answer(view: View, sql: str, params: dict[str, Any]) -> Response:
         if engine.warehouse is None:

@@ -25,12 +25,8 @@ from projections.clickhouse.client import (
     WarehouseUnavailableError,
     connect,
 )
-from projections.clickhouse.queries import (
-    QueryRejectedError,
-    check_readonly,
-    jsonable_rows,
-    run_readonly,
-)
+from projections.clickhouse.queries import jsonable_rows
+from projections.clickhouse.readonly import QueryRejectedError, check_readonly, run_readonly
 
 # Connecting to a worker on this machine either succeeds or is refused at once; the
 # timeout only matters for a worker_host that does not answer.

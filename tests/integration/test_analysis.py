@@ -22,7 +22,7 @@ from projections.clickhouse.analysis import (
     touchpoint_flows_sql,
 )
 from projections.clickhouse.client import Warehouse
-from projections.clickhouse.queries import run_readonly
+from projections.clickhouse.readonly import run_readonly
 from projections.clickhouse.tables import FRICTION
 from projections.clickhouse.writer import insert_records, insert_touchpoints
 from tests.ports import free_port

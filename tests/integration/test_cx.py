@@ -23,7 +23,7 @@ from projections.clickhouse.cx import (
     kpi_records,
     kpis_sql,
 )
-from projections.clickhouse.queries import run_readonly
+from projections.clickhouse.readonly import run_readonly
 from projections.clickhouse.tables import FRICTION
 from projections.clickhouse.writer import insert_records, insert_touchpoints
 from tests.ports import free_port
