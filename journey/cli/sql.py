@@ -159,17 +159,19 @@ def _cell(value: Any) -> str:
 
 
 def _print_table(columns: Columns, rows: Rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_lines=False, header_style="bold")
+    from journey.output import DataTable, make_console
+
+    table = DataTable(show_lines=False)
     for name in columns:
-        table.add_column(name, overflow="fold")
+        table.add_column(name)
     for row in rows:
-        table.add_row(*("[dim]NULL[/dim]" if v is None else _cell(v) for v in row))
-    console = Console()
+        table.add_row(*(Text("NULL", style="dim") if v is None else _cell(v) for v in row))
+    console = make_console()
     console.print(table)
-    console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}[/dim]")
+    if console.is_terminal:  # piped, the output is the table alone
+        console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}[/dim]")
 
 
 @app.command("sql")
