@@ -18,6 +18,7 @@ import typer
 from journey.cli import app
 from journey.errors import ConfigurationError, JourneyError, ServiceUnavailableError
 from journey.settings import Settings
+from journey.worker import UNAUTHORIZED, refused_token, worker_headers
 from projections.clickhouse.client import (
     QueryError,
     WarehouseConfigError,
@@ -55,9 +56,10 @@ def _json_value(value: Any) -> Any:
 
 
 def _ask_worker(
-    worker_url: str, sql: str, params: Mapping[str, Any]
+    settings: Settings, sql: str, params: Mapping[str, Any]
 ) -> tuple[Columns, Rows] | None:
     """The answer of the worker's POST /query, or None when no worker listens there."""
+    worker_url = settings.worker_url
     url = urlsplit(worker_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     conn = http.client.HTTPConnection(host, port, timeout=WORKER_CONNECT_TIMEOUT)
@@ -70,7 +72,8 @@ def _ask_worker(
             conn.sock.settimeout(WORKER_QUERY_TIMEOUT)
         body = json.dumps({"sql": sql, "parameters": dict(params)}, default=_json_value).encode()
         try:
-            conn.request("POST", "/query", body=body, headers={"Content-Type": "application/json"})
+            conn.request("POST", "/query", body=body, headers={
+                "Content-Type": "application/json", **worker_headers(settings)})
             response = conn.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -84,6 +87,8 @@ def _ask_worker(
         answer = json.loads(payload)
     except ValueError:
         answer = None
+    if response.status == UNAUTHORIZED:
+        raise refused_token(settings)
     if response.status == 200 and isinstance(answer, dict) and "columns" in answer:
         return list(answer["columns"]), [list(row) for row in answer.get("rows", [])]
     if isinstance(answer, dict) and answer.get("error"):
@@ -134,7 +139,7 @@ def run_query(
     bound = dict(params or {})
     dsn = settings.warehouse_dsn
     if dsn.startswith("chdb://"):
-        answer = _ask_worker(settings.worker_url, sql, bound)
+        answer = _ask_worker(settings, sql, bound)
         if answer is not None:
             return answer
     return _query_directly(dsn, sql, bound)
