@@ -151,7 +151,8 @@ class OffsetProbe:
 
     Keeps one admin client and one group-less read_committed consumer open between
     calls; a failed call drops them, so the next one connects afresh (a broker that was
-    restarted). Every call is bounded by `timeout` seconds.
+    restarted). Every call is bounded by `timeout` seconds; calls take turns, since they
+    share the clients.
     """
 
     def __init__(self, bootstrap: str, *, timeout: float) -> None:
@@ -159,6 +160,7 @@ class OffsetProbe:
         self.timeout = timeout
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._turn = asyncio.Lock()
 
     async def brokers(self) -> int:
         """How many brokers the cluster reports; raises when it does not answer in time."""
@@ -181,11 +183,12 @@ class OffsetProbe:
                 await consumer.stop()
 
     async def _bounded(self, work: Awaitable[_T]) -> _T:
-        try:
-            return await asyncio.wait_for(work, self.timeout)
-        except BaseException:
-            await self.stop()
-            raise
+        async with self._turn:
+            try:
+                return await asyncio.wait_for(work, self.timeout)
+            except BaseException:
+                await self.stop()
+                raise
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
@@ -206,9 +209,9 @@ class OffsetProbe:
     async def _positions(self, group_id: str, topics: Sequence[str]
                          ) -> dict[TopicPartition, tuple[int, int]]:
         admin, consumer = await self._clients()
-        await consumer.topics()  # fresh metadata: the partitions of each topic
-        tps = [TopicPartition(topic, p) for topic in topics
-               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        described = await admin.describe_topics(list(topics))
+        tps = [TopicPartition(t["topic"], p["partition"]) for t in described
+               for p in sorted(t["partitions"], key=lambda p: p["partition"])]
         if not tps:
             return {}
         committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
