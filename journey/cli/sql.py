@@ -169,8 +169,11 @@ def _print_table(columns: Columns, rows: Rows) -> None:
     from journey.output import DataTable, make_console
 
     table = DataTable(show_lines=False)
-    for name in columns:
-        table.add_column(name)
+    for k, name in enumerate(columns):
+        values = [row[k] for row in rows if row[k] is not None]
+        numeric = bool(values) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(Text("NULL", style="dim") if v is None else _cell(v) for v in row))
     console = make_console()

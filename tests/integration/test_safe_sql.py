@@ -271,3 +271,22 @@ def test_journey_sql_refuses_with_one_line(
     main(["sql", "-f", "csv", "SELECT count() > 0 AS ok FROM system.tables"])
     assert capsys.readouterr().out == "ok\n1\n"
     assert os.path.exists(secret)  # nothing was written either
+
+
+def test_journey_sql_prints_values_as_they_are(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("JOURNEY_CLICKHOUSE_DSN", f"chdb://{warehouse.location}")
+    monkeypatch.setenv("JOURNEY_WORKER_PORT", str(free_port()))
+    # piped (captured): plain columns, markup and emoji codes as written, numbers whole
+    main(["sql", "SELECT * FROM (SELECT '[/]' AS a, ':smile: root:x:0' AS b, '[bold]x' AS c, "
+                 "toUInt64(98765432109876543) AS n UNION ALL "
+                 "SELECT 'y', 'z', NULL, 7) ORDER BY n DESC"])
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.splitlines() == [
+        "a    b                 c                        n",
+        "---  ----------------  -------  -----------------",
+        "[/]  :smile: root:x:0  [bold]x  98765432109876543",
+        "y    z                 NULL                     7",
+    ]

@@ -81,9 +81,7 @@ def test_export_needs_a_directory(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(err.splitlines()) == 1 and "Missing argument 'DIR'" in err
 
 
-def test_list_shows_the_catalogue(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_list_shows_the_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
     # piped (as under capture): plain columns, one row per line, the type first
     code, out, err = run(["schema", "list"], capsys)
     assert code == 0, err
