@@ -49,7 +49,7 @@ from projections.clickhouse.funnels import (  # noqa: E402
     parse_funnel,
     takes_chain_path,
 )
-from projections.clickhouse.queries import run_readonly  # noqa: E402
+from projections.clickhouse.readonly import run_readonly  # noqa: E402
 from projections.clickhouse.tables import TOUCHPOINTS, migrate  # noqa: E402
 
 STEPS = ("ad_impression", "site_visit", "product_view", "add_to_cart", "purchase")

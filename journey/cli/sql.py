@@ -18,6 +18,7 @@ import typer
 from journey.cli import app
 from journey.errors import ConfigurationError, JourneyError, ServiceUnavailableError
 from journey.settings import Settings
+from journey.worker import UNAUTHORIZED, refused_token, worker_headers
 from projections.clickhouse.client import (
     QueryError,
     WarehouseConfigError,
@@ -25,12 +26,8 @@ from projections.clickhouse.client import (
     WarehouseUnavailableError,
     connect,
 )
-from projections.clickhouse.queries import (
-    QueryRejectedError,
-    check_readonly,
-    jsonable_rows,
-    run_readonly,
-)
+from projections.clickhouse.queries import jsonable_rows
+from projections.clickhouse.readonly import QueryRejectedError, check_readonly, run_readonly
 
 # Connecting to a worker on this machine either succeeds or is refused at once; the
 # timeout only matters for a worker_host that does not answer.
@@ -59,9 +56,10 @@ def _json_value(value: Any) -> Any:
 
 
 def _ask_worker(
-    worker_url: str, sql: str, params: Mapping[str, Any]
+    settings: Settings, sql: str, params: Mapping[str, Any]
 ) -> tuple[Columns, Rows] | None:
     """The answer of the worker's POST /query, or None when no worker listens there."""
+    worker_url = settings.worker_url
     url = urlsplit(worker_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     conn = http.client.HTTPConnection(host, port, timeout=WORKER_CONNECT_TIMEOUT)
@@ -74,7 +72,8 @@ def _ask_worker(
             conn.sock.settimeout(WORKER_QUERY_TIMEOUT)
         body = json.dumps({"sql": sql, "parameters": dict(params)}, default=_json_value).encode()
         try:
-            conn.request("POST", "/query", body=body, headers={"Content-Type": "application/json"})
+            conn.request("POST", "/query", body=body, headers={
+                "Content-Type": "application/json", **worker_headers(settings)})
             response = conn.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -88,6 +87,8 @@ def _ask_worker(
         answer = json.loads(payload)
     except ValueError:
         answer = None
+    if response.status == UNAUTHORIZED:
+        raise refused_token(settings)
     if response.status == 200 and isinstance(answer, dict) and "columns" in answer:
         return list(answer["columns"]), [list(row) for row in answer.get("rows", [])]
     if isinstance(answer, dict) and answer.get("error"):
@@ -138,7 +139,7 @@ def run_query(
     bound = dict(params or {})
     dsn = settings.warehouse_dsn
     if dsn.startswith("chdb://"):
-        answer = _ask_worker(settings.worker_url, sql, bound)
+        answer = _ask_worker(settings, sql, bound)
         if answer is not None:
             return answer
     return _query_directly(dsn, sql, bound)
@@ -163,17 +164,22 @@ def _cell(value: Any) -> str:
 
 
 def _print_table(columns: Columns, rows: Rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_lines=False, header_style="bold")
-    for name in columns:
-        table.add_column(name, overflow="fold")
+    from journey.output import DataTable, make_console
+
+    table = DataTable(show_lines=False)
+    for k, name in enumerate(columns):
+        values = [row[k] for row in rows if row[k] is not None]
+        numeric = bool(values) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*("[dim]NULL[/dim]" if v is None else _cell(v) for v in row))
-    console = Console()
+        table.add_row(*(Text("NULL", style="dim") if v is None else _cell(v) for v in row))
+    console = make_console()
     console.print(table)
-    console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}[/dim]")
+    if console.is_terminal:  # piped, the output is the table alone
+        console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}[/dim]")
 
 
 @app.command("sql")

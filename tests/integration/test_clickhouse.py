@@ -35,12 +35,11 @@ from projections.clickhouse.client import (
     connect,
 )
 from projections.clickhouse.queries import (
-    QueryRejectedError,
     funnel_sql,
     jsonable_rows,
-    run_readonly,
     touchpoint_counts_sql,
 )
+from projections.clickhouse.readonly import QueryRejectedError, run_readonly
 from projections.clickhouse.tables import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS,

@@ -24,7 +24,7 @@ from projections.clickhouse.cx import (
     kpi_records,
     kpis_sql,
 )
-from projections.clickhouse.queries import run_readonly
+from projections.clickhouse.readonly import run_readonly
 from projections.clickhouse.tables import FRICTION, TOUCHPOINTS
 from projections.clickhouse.writer import (
     insert_friction_json,

@@ -27,7 +27,7 @@ from projections.clickhouse.funnels import (
     shape_funnel,
     takes_chain_path,
 )
-from projections.clickhouse.queries import run_readonly
+from projections.clickhouse.readonly import run_readonly
 from projections.clickhouse.tables import TOUCHPOINTS
 from projections.clickhouse.writer import insert_touchpoints
 

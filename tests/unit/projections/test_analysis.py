@@ -19,7 +19,7 @@ from projections.clickhouse.analysis import (
     retention_sql,
     touchpoint_flows_sql,
 )
-from projections.clickhouse.queries import check_readonly
+from projections.clickhouse.readonly import check_readonly
 from projections.clickhouse.tables import TOUCHPOINTS
 
 HOSTILE = "x'; DROP TABLE touchpoints; --"

@@ -22,7 +22,7 @@ from projections.clickhouse.cx import (
     split_steps,
 )
 from projections.clickhouse.funnels import FunnelSpecError
-from projections.clickhouse.queries import check_readonly
+from projections.clickhouse.readonly import check_readonly
 
 
 @pytest.mark.parametrize(

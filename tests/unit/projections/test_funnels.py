@@ -31,7 +31,7 @@ from projections.clickhouse.funnels import (
     shape_funnel,
     takes_chain_path,
 )
-from projections.clickhouse.queries import check_readonly
+from projections.clickhouse.readonly import check_readonly
 
 HOSTILE = "x'; DROP TABLE touchpoints; --"
 

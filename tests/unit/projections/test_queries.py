@@ -8,12 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from projections.clickhouse.queries import (
-    QueryRejectedError,
-    check_readonly,
     funnel_sql,
     jsonable,
     touchpoint_counts_sql,
 )
+from projections.clickhouse.readonly import QueryRejectedError, check_readonly
 from projections.clickhouse.tables import TOUCHPOINTS
 
 
