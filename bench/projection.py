@@ -254,8 +254,8 @@ def fill_store(base: Settings, run_dir: Path, messages: list[tuple[bytes | None,
                                 journeys_enabled=False, friction_enabled=False)
     with phase("set-up: validator (not measured)") as progress, \
             running_worker(validator) as (worker, spawned, ready):
-        w = watch(validator, worker, spawned, ready, "read", events, "validator: read",
-                  progress)
+        w = watch(validator, worker, spawned, ready, "valid", events,
+                  "validator + dedup: stored", progress)
     stored = asyncio.run(topic_total(base.bootstrap, base.topic_touchpoints))
     if w.counters["valid"] != events or stored != events:
         raise BenchError(f"the validator passed {w.counters['valid']:,} and the topic "

@@ -305,10 +305,11 @@ def steady_rate(name: str, w: Watched, total: int, what: str) -> Rate:
 
 
 async def topic_total(bootstrap: str, topic: str) -> int:
-    """Records on a topic (end offsets: the validator's producer is not transactional)."""
+    """Records on a topic, read to its end: the stages write in transactions, so the end
+    offsets also count the commit markers. Raises if an event id is there twice."""
     from streams.kafka import make_consumer
 
-    # Subscribed, so that the client fetches this topic's metadata; it never polls.
+    # Subscribed, so that the client fetches this topic's metadata.
     consumer = make_consumer(bootstrap, topic, group_id=None)
     await consumer.start()
     try:
@@ -320,8 +321,23 @@ async def topic_total(bootstrap: str, topic: str) -> int:
             if time.monotonic() > deadline:
                 raise BenchError(f"no metadata for topic {topic}")
             await asyncio.sleep(0.05)
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return int(sum(ends.values()))
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = await consumer.end_offsets(tps)
+        ids: set[str] = set()
+        records = 0
+        deadline = time.monotonic() + STALL_SECONDS
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            got = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for messages in got.values():
+                records += len(messages)
+                ids.update(orjson.loads(m.value)["event_id"] for m in messages)
+            if got:
+                deadline = time.monotonic() + STALL_SECONDS
+            elif time.monotonic() > deadline:
+                raise BenchError(f"reading {topic} stalled after {records:,} records")
+        if len(ids) != records:
+            raise BenchError(f"{topic} holds {records - len(ids):,} event ids twice")
+        return records
     finally:
         await consumer.stop()
 

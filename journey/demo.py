@@ -12,10 +12,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from journey.demo_friction import DemoAlerts, friction_report, plant, print_friction
 from journey.errors import ServiceUnavailableError
+from journey.output import DataTable, make_console
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
 from journey.stack import KafkaStack, Outcome
@@ -118,7 +118,7 @@ def _wait_for_pipeline(settings: Settings, before: dict[str, Any], produced: int
 def run_demo(settings: Settings, *, customers: int, seed: int | None, keep_running: bool,
              timeout: float = 600.0, console: Console | None = None,
              alerts: str | None = None) -> DemoReport:
-    console = console or Console()
+    console = console or make_console()
     seed = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
     report = DemoReport(seed=seed)
 
@@ -262,7 +262,7 @@ def _mark(ok: bool) -> str:
 
 def print_report(report: DemoReport, console: Console) -> None:
     exp = report.expected
-    table = Table(title=f"journey demo - seed {report.seed}", show_lines=False)
+    table = DataTable(title=f"journey demo - seed {report.seed}", show_lines=False)
     table.add_column("")
     table.add_column("measured", justify="right")
     table.add_column("planted", justify="right")
@@ -285,7 +285,7 @@ def print_report(report: DemoReport, console: Console) -> None:
     console.print(f"throughput: produced in {report.produce_seconds:.1f}s, end to end "
                   f"(produce -> validate -> ClickHouse) {report.pipeline_seconds:.1f}s = "
                   f"{rate:,.0f} events/s")
-    funnel = Table(title="funnel, 7-day window (computed in ClickHouse)")
+    funnel = DataTable(title="funnel, 7-day window (computed in ClickHouse)")
     funnel.add_column("step")
     funnel.add_column("touchpoint")
     funnel.add_column("customers", justify="right")
@@ -303,7 +303,7 @@ def print_report(report: DemoReport, console: Console) -> None:
     console.print(funnel)
 
     if report.funnel_by_channel:
-        by_channel = Table(title="the same funnel by first-touch channel (people per step)")
+        by_channel = DataTable(title="the same funnel by first-touch channel (people per step)")
         by_channel.add_column("channel")
         for name in FUNNEL:
             by_channel.add_column(name, justify="right")
@@ -316,7 +316,7 @@ def print_report(report: DemoReport, console: Console) -> None:
         console.print(by_channel)
 
     if report.paths_to_purchase:
-        paths = Table(title="top paths to purchase (repeats collapsed)")
+        paths = DataTable(title="top paths to purchase (repeats collapsed)")
         paths.add_column("path")
         paths.add_column("people", justify="right")
         paths.add_column("share", justify="right")
@@ -329,7 +329,7 @@ def print_report(report: DemoReport, console: Console) -> None:
                       f"{report.projection_seconds:.0f}s (records behind: "
                       f"{report.projection_lags}); the stage map below is partial[/yellow]")
     if report.stage_map:
-        stages = Table(title=f"stage map (journey projection caught up in "
+        stages = DataTable(title=f"stage map (journey projection caught up in "
                              f"{report.projection_seconds:.1f}s)" if not report.projection_lags
                        else "stage map (partial)")
         stages.add_column("from")

@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from journey.errors import ServiceUnavailableError
 from journey.friction_plan import PUSH_AFTER_DAYS, PlantedFriction, plant_friction
+from journey.output import DataTable
 from journey.sdk import TouchpointProducer
 from journey.settings import Settings
 from journey.worker import require_worker
@@ -134,7 +135,7 @@ def _minutes(value: Any) -> str:
 
 
 def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
-    table = Table(title="friction found, by rule and severity (all customers)")
+    table = DataTable(title="friction found, by rule and severity (all customers)")
     table.add_column("rule")
     for severity in SEVERITIES:
         table.add_column(severity, justify="right")
@@ -148,7 +149,7 @@ def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
                       "#" * max(1, round(24 * totals[rule] / largest)) if largest else "")
     console.print(table)
     if report.kpis:
-        kpis = Table(title="CX metrics by channel (journey kpis)")
+        kpis = DataTable(title="CX metrics by channel (journey kpis)")
         for name in ("channel", "cases", "CSAT", "NPS", "CES", "FCR", "1st resp p50",
                      "SLA ok", "escalated", "repeat", "friction/1k"):
             kpis.add_column(name, justify="left" if name == "channel" else "right")
@@ -161,7 +162,7 @@ def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
                          _num(sum((k["friction_per_1000"] or {}).values()), 0))
         console.print(kpis)
     if report.impact:
-        impact = Table(title="what each friction costs (journey friction impact: affected vs "
+        impact = DataTable(title="what each friction costs (journey friction impact: affected vs "
                              "comparable customers; retention: active 7-21 days later, "
                              "revenue: within 21 days)")
         for name in ("rule", "affected", "conversion", "vs", "retention", "vs",
@@ -175,7 +176,7 @@ def print_friction(report: FrictionReport, console: Console, mark: Any) -> None:
                            _pct(r["retention_affected"]), _pct(r["retention_comparison"]),
                            _num(r["revenue_per_customer_affected"]),
                            _num(r["revenue_per_customer_comparison"]), _num(lost, 0),
-                           "[red]" + "#" * round(20 * lost / costliest) + "[/red]"
+                           Text("#" * round(20 * lost / costliest), style="red")
                            if costliest > 0 and lost > 0 else "")
         console.print(impact)
     if report.planted:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from journey.errors import ConfigurationError, ServiceUnavailableError
+from journey.output import make_console
 from journey.settings import Settings
 from journey.worker import WorkerProcess, settings_env, worker_status
 
@@ -92,7 +93,7 @@ def _truncate(settings: Settings) -> None:
 def replay(settings: Settings, *, keep_running: bool = False, timeout: float = 3600.0,
            console: Console | None = None) -> ReplayReport:
     """Start a new projection generation and wait until it has caught up with the store."""
-    console = console or Console()
+    console = console or make_console()
     if worker_status(settings, timeout=0.5) is not None:
         raise ConfigurationError(
             f"a worker runs at {settings.worker_url}: stop it first, a replay starts its own")

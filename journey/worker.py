@@ -6,12 +6,15 @@ import asyncio
 import logging
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 
-from journey.errors import ServiceUnavailableError
+from journey.errors import ConfigurationError, ServiceUnavailableError
 from journey.settings import Settings
+
+UNAUTHORIZED = HTTPStatus.UNAUTHORIZED
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -26,8 +29,10 @@ def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
 
     from projections.friction.config import load_config
     from streams.app import create_engine, prepare_topics
+    from streams.web import check_exposure
 
-    # a wrong rules file is one line of error, before anything starts
+    # a wrong rules file or an open API is one line of error, before anything starts
+    check_exposure(settings)
     rules = load_config(settings.friction_config)
     asyncio.run(prepare_topics(settings))
     engine = create_engine(settings, rules)
@@ -36,12 +41,53 @@ def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
     worker.execute_from_commandline()
 
 
+def worker_headers(settings: Settings) -> dict[str, str]:
+    """What a client of the worker's HTTP API sends: the first of JOURNEY_API_TOKENS."""
+    from projections.clickhouse import runner
+
+    return runner.worker_headers(settings.api_token_list)
+
+
+def refused_token(settings: Settings) -> ConfigurationError:
+    from projections.clickhouse import runner
+
+    return runner.refused_token(settings.worker_url, settings.api_token_list)
+
+
 def worker_status(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The running worker's /status, or None when no worker answers."""
+    """The running worker's /status, or None when no worker answers.
+
+    Raises ConfigurationError when a worker answers but refuses the token.
+    """
+    request = urllib.request.Request(f"{settings.worker_url}/status",
+                                     headers=worker_headers(settings))
     try:
-        with urllib.request.urlopen(f"{settings.worker_url}/status", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             data: dict[str, Any] = orjson.loads(r.read())
             return data
+    except urllib.error.HTTPError as exc:
+        if exc.code == UNAUTHORIZED:
+            raise refused_token(settings) from exc
+        return None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def worker_health(settings: Settings, timeout: float = 2.0) -> tuple[int, dict[str, Any]] | None:
+    """The status code and JSON body of the worker's /health (503 included), or None
+    when no worker answers."""
+    request = urllib.request.Request(f"{settings.worker_url}/health",
+                                     headers=worker_headers(settings))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == UNAUTHORIZED:
+            raise refused_token(settings) from exc
+        try:
+            return exc.code, orjson.loads(exc.read())
+        except ValueError:
+            return None
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
@@ -93,11 +139,9 @@ class WorkerProcess:
             f"the worker did not become ready within {timeout:.0f}s: see {self.log_path}")
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.settings.worker_url}/health", timeout=1) as r:
-                return bool(orjson.loads(r.read()).get("warehouse"))
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        """The worker answers and its warehouse is open (healthy or not otherwise)."""
+        health = worker_health(self.settings, timeout=1)
+        return health is not None and bool(health[1].get("warehouse"))
 
     def stop(self, timeout: float = 30.0) -> None:
         import subprocess

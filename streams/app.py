@@ -11,15 +11,16 @@ import faust
 from faust.app.base import BootStrategy
 
 from projections.friction import FrictionConfig
-from streams.dedup import install_dedup
-from streams.friction import FrictionDetector, install_friction
-from streams.journeys import install_journeys
-from streams.kafka import create_topics
+from streams.dedup import dedup_group, install_dedup
+from streams.friction import FrictionDetector, friction_group, install_friction
+from streams.health import ConsumerGroup, GroupProgress, HealthMonitor, worker_checks
+from streams.journeys import install_journeys, journey_group
+from streams.kafka import OffsetProbe, create_topics
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.sink import ClickHouseSink
 from streams.topics import Topics, topics
-from streams.validator import install_validator
+from streams.validator import install_validator, validator_group
 from streams.web import install_web
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ class Engine:
     sinks: list[ClickHouseSink] = field(default_factory=list)
     friction: FrictionDetector | None = None
     friction_config: FrictionConfig = field(default_factory=FrictionConfig)
+    # the consumer groups this worker runs, and the checks behind /health
+    groups: list[ConsumerGroup] = field(default_factory=list)
+    health: HealthMonitor = field(
+        default_factory=lambda: HealthMonitor([], interval=5.0, timeout=5.0))
 
 
 class _WebAndTasks(BootStrategy):
@@ -100,6 +105,24 @@ def create_engine(settings: Settings, friction: FrictionConfig) -> Engine:
     if settings.friction_enabled:
         engine.friction = install_friction(app, settings, spec, engine.metrics, friction)
 
+    sinks = [
+        (spec.touchpoints.name, TOUCHPOINTS), (spec.journey_states.name, JOURNEYS),
+        (spec.journey_transitions.name, TRANSITIONS), (spec.identity_links.name, IDENTITIES),
+        (spec.friction.name, FRICTION),
+    ]
+    engine.groups = [
+        ConsumerGroup(validator_group(settings), (spec.ingest.name,)),
+        ConsumerGroup(dedup_group(settings), (spec.validated.name,)),
+    ]
+    if settings.journeys_enabled:
+        engine.groups.append(ConsumerGroup(
+            journey_group(settings), (spec.touchpoints.name, spec.journey_inbox.name)))
+    if settings.friction_enabled:
+        engine.groups.append(ConsumerGroup(friction_group(settings), (spec.touchpoints.name,)))
+    if settings.sink_enabled:
+        engine.groups += [ConsumerGroup(sink_group(settings, table), (topic,))
+                          for topic, table in sinks]
+
     def sink_for(topic: str, table: str) -> ClickHouseSink:
         def insert(values: Any) -> int:
             if table == TOUCHPOINTS:
@@ -109,7 +132,7 @@ def create_engine(settings: Settings, friction: FrictionConfig) -> Engine:
             return insert_records_json(engine.warehouse, table, values)
 
         return ClickHouseSink(
-            settings.bootstrap, topic, f"{settings.projection_id}-sink-{table}", insert,
+            settings.bootstrap, topic, sink_group(settings, table), insert,
             engine.metrics, batch_size=settings.sink_batch_size,
             batch_seconds=settings.sink_batch_seconds, table=table,
         )
@@ -122,22 +145,42 @@ def create_engine(settings: Settings, friction: FrictionConfig) -> Engine:
         engine.warehouse = warehouse
         if not settings.sink_enabled:
             return
-        engine.sinks = [
-            sink_for(spec.touchpoints.name, TOUCHPOINTS),
-            sink_for(spec.journey_states.name, JOURNEYS),
-            sink_for(spec.journey_transitions.name, TRANSITIONS),
-            sink_for(spec.identity_links.name, IDENTITIES),
-            sink_for(spec.friction.name, FRICTION),
-        ]
+        engine.sinks = [sink_for(topic, table) for topic, table in sinks]
         await asyncio.gather(*(sink.run() for sink in engine.sinks))
+
+    # Health: each check bounded by the same timeout as the probe's calls.
+    timeout = min(10.0, max(1.0, 2 * settings.health_interval_seconds))
+    probe = OffsetProbe(settings.bootstrap, timeout=timeout)
+
+    async def ping(warehouse: Any) -> None:
+        await asyncio.to_thread(warehouse.query, "SELECT 1")
+
+    engine.health = HealthMonitor(
+        worker_checks(warehouse=lambda: engine.warehouse, ping=ping, kafka=probe,
+                      bootstrap=settings.bootstrap, groups=engine.groups,
+                      progress=GroupProgress(settings.health_stuck_seconds)),
+        interval=settings.health_interval_seconds, timeout=timeout)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def check_health() -> None:
+        try:
+            await engine.health.run()
+        finally:
+            await probe.stop()
 
     @app.on_before_shutdown.connect
     async def stop_sinks(*_: Any, **__: Any) -> None:
+        engine.health.stop()
         for sink in engine.sinks:
             sink.stop()
 
     install_web(app, engine)
     return engine
+
+
+def sink_group(settings: Settings, table: str) -> str:
+    """The consumer group of the ClickHouse sink of `table`, per generation."""
+    return f"{settings.projection_id}-sink-{table}"
 
 
 async def prepare_topics(settings: Settings) -> list[str]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -19,12 +19,14 @@ from projections.errors import ServiceUnavailableError
 from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Re-exported so callers never import aiokafka themselves.
 __all__ = [
     "ConsumerRebalanceListener",
     "DefaultPartitioner",
     "KafkaError",
+    "OffsetProbe",
     "RangePartitionAssignor",
     "Record",
     "TopicPartition",
@@ -142,6 +144,83 @@ async def group_lag(bootstrap: str, group_id: str, topic: str, partitions: int) 
         return lag
     finally:
         await consumer.stop()
+
+
+class OffsetProbe:
+    """The broker's answer and consumer groups' offsets, for the worker's health checks.
+
+    Keeps one admin client and one group-less read_committed consumer open between
+    calls; a failed call drops them, so the next one connects afresh (a broker that was
+    restarted). Every call is bounded by `timeout` seconds; calls take turns, since they
+    share the clients.
+    """
+
+    def __init__(self, bootstrap: str, *, timeout: float) -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._turn = asyncio.Lock()
+
+    async def brokers(self) -> int:
+        """How many brokers the cluster reports; raises when it does not answer in time."""
+        return await self._bounded(self._brokers())
+
+    async def positions(self, group_id: str, topics: Sequence[str]
+                        ) -> dict[TopicPartition, tuple[int, int]]:
+        """Per partition of `topics`: the group's committed offset (its start when it never
+        committed there) and the end a read_committed reader sees."""
+        return await self._bounded(self._positions(group_id, topics))
+
+    async def stop(self) -> None:
+        admin, consumer = self._admin, self._consumer
+        self._admin = self._consumer = None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _bounded(self, work: Awaitable[_T]) -> _T:
+        async with self._turn:
+            try:
+                return await asyncio.wait_for(work, self.timeout)
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._consumer is None:
+            await self.stop()
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                        request_timeout_ms=int(self.timeout * 1000))
+            consumer = make_consumer(self.bootstrap, group_id=None,
+                                     request_timeout_ms=int(self.timeout * 1000))
+            self._admin, self._consumer = admin, consumer
+            await admin.start()
+            await consumer.start()
+        return self._admin, self._consumer
+
+    async def _brokers(self) -> int:
+        admin, _ = await self._clients()
+        return len((await admin.describe_cluster())["brokers"])
+
+    async def _positions(self, group_id: str, topics: Sequence[str]
+                         ) -> dict[TopicPartition, tuple[int, int]]:
+        admin, consumer = await self._clients()
+        described = await admin.describe_topics(list(topics))
+        tps = [TopicPartition(t["topic"], p["partition"]) for t in described
+               for p in sorted(t["partitions"], key=lambda p: p["partition"])]
+        if not tps:
+            return {}
+        committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+        offsets = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+        ends = await consumer.end_offsets(tps)
+        never = [tp for tp in tps if tp not in offsets]
+        if never:
+            offsets.update(await consumer.beginning_offsets(never))
+        return {tp: (int(offsets[tp]), int(ends[tp])) for tp in tps}
 
 
 class Chunk(NamedTuple):

@@ -55,6 +55,21 @@ class Settings(BaseSettings):
     )
     sink_batch_seconds: float = 1.0
 
+    # the worker's HTTP API
+    api_tokens: str | None = Field(
+        None,
+        description="comma-separated bearer tokens the worker's HTTP API accepts; needed "
+        "when JOURNEY_WORKER_HOST is not a loopback address. Clients send the first one",
+    )
+    health_interval_seconds: float = Field(
+        5.0, gt=0, description="how often the worker checks the broker, the warehouse and "
+        "its consumer groups for /health and /metrics",
+    )
+    health_stuck_seconds: float = Field(
+        300.0, gt=0, description="a consumer group with lag whose committed offset has not "
+        "moved for this long is stuck (/health fails)",
+    )
+
     @property
     def uses_local_stack(self) -> bool:
         return self.kafka_bootstrap is None
@@ -75,6 +90,11 @@ class Settings(BaseSettings):
     def projection_id(self) -> str:
         """Faust app id of the projections: a replay starts a new generation afresh."""
         return self.app_id if not self.generation else f"{self.app_id}-g{self.generation}"
+
+    @property
+    def api_token_list(self) -> tuple[str, ...]:
+        """The tokens of JOURNEY_API_TOKENS, blanks left out."""
+        return tuple(t.strip() for t in (self.api_tokens or "").split(",") if t.strip())
 
     @property
     def worker_url(self) -> str:

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from journey.cli import app
+from journey.output import DataTable, make_console
 from journey.settings import Settings
 from streams.alerts import (
     AlertDeadLetterRow,
@@ -115,7 +114,7 @@ def alerts(
     settings = Settings()
     # ConfigurationError propagates: the entry point prints it as one line and exits 1.
     alerts_config = load_config(config) if config is not None else default_config()
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    errors = make_console(stderr=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     chosen = group or alerts_config.group or alerts_group(settings)
     errors.print(f"alerts: group {chosen} reading {settings.topic_friction} at "
@@ -145,7 +144,7 @@ def check(
 ) -> None:
     """Check a config file and show the sinks it defines (no Kafka needed)."""
     parsed = load_config(config)
-    table = Table(header_style="bold", title=f"{config}: {len(parsed.sinks)} sinks")
+    table = DataTable(title=f"{config}: {len(parsed.sinks)} sinks")
     for name in ("name", "type", "target", "rules", "min severity", "throttle", "retry"):
         table.add_column(name, overflow="fold")
     for sink in parsed.sinks:
@@ -163,7 +162,7 @@ def check(
             throttle += ", retractions"
         table.add_row(sink.name, sink.type.value, target, rules,
                       sink.filter.min_severity.value, throttle, retry)
-    Console(highlight=False).print(table)
+    make_console().print(table)
 
 
 @alerts_app.command("dlq")
@@ -202,7 +201,7 @@ def dlq(
 def _print_dead_letters(topic: str, rows: list[AlertDeadLetterRow] | None,
                         shown: list[AlertDeadLetterRow], by_sink: Counter[str],
                         matching: int, sink: str | None) -> None:
-    console = Console(highlight=False, soft_wrap=False)
+    console = make_console()
     if rows is None:
         console.print(f"no topic {topic} yet: no alert was ever dead-lettered", markup=False)
         return
@@ -210,14 +209,14 @@ def _print_dead_letters(topic: str, rows: list[AlertDeadLetterRow] | None,
         console.print(f"no alert dead letters in {topic}", markup=False)
         return
     if shown:
-        table = Table(header_style="bold", title=f"{topic}: newest {len(shown)}")
+        table = DataTable(title=f"{topic}: newest {len(shown)}")
         for name in ("failed_at", "sink", "severity", "rule", "customer", "attempts", "error"):
             table.add_column(name, overflow="fold")
         for row in shown:
             table.add_row(row.failed_at, row.sink or "-", row.severity or "-", row.rule or "-",
                           row.customer_key or "-", str(row.attempts), row.error)
         console.print(table, markup=False)
-    counts = Table(header_style="bold", title="by sink")
+    counts = DataTable(title="by sink")
     counts.add_column("sink")
     counts.add_column("dead letters", justify="right")
     for name, n in by_sink.most_common():

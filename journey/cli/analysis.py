@@ -12,15 +12,15 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.style import Style
-from rich.table import Table
 from rich.text import Text
 
 from journey.cli import app
 from journey.cli.schema import required_properties
 from journey.cli.sql import OutputFormat
 from journey.errors import ConfigurationError, JourneyError
+from journey.output import DataTable, make_console
 from journey.settings import Settings
 from projections.analysis.paths import (
     DEFAULT_CONVERSION,
@@ -40,6 +40,8 @@ from projections.clickhouse.sql import Params, Statement
 from schemas.catalogue import CATALOGUE
 
 ANY_EVENT = "any"
+# Flows a table shows unless --top says otherwise; JSON and CSV get them all.
+DEFAULT_TOP_FLOWS = 20
 BAR_WIDTH = 24
 SUMMARY_CHARS = 72
 
@@ -90,6 +92,16 @@ Collapse = Annotated[
 Exclude = Annotated[
     list[str] | None,
     typer.Option("--exclude", metavar="TYPE", help="leave this touchpoint type out (repeatable)"),
+]
+
+
+TopFlows = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help=f"the largest flows only (default: {DEFAULT_TOP_FLOWS} in a table, all with "
+        "--format json or csv)",
+    ),
 ]
 
 
@@ -198,9 +210,9 @@ def paths_command(
 
 
 def _print_paths(paths: list[dict[str, Any]], title: str) -> None:
-    table = Table(title=title, header_style="bold")
+    table = DataTable(title=title)
     table.add_column("#", justify="right")
-    table.add_column("path", overflow="fold")
+    table.add_column("path")
     table.add_column("people", justify="right")
     table.add_column("share", justify="right")
     table.add_column("")
@@ -210,7 +222,7 @@ def _print_paths(paths: list[dict[str, Any]], title: str) -> None:
             str(rank), p["path_text"], str(p["people"]), _percent(p["share"]),
             Text(_bar(p["people"], largest), style="cyan"),
         )  # fmt: skip
-    console = Console()
+    console = make_console()
     console.print(table)
     if not paths:
         console.print("[dim]no person has such a path[/dim]")
@@ -224,9 +236,7 @@ def flows_command(
     conversion: Annotated[
         str, typer.Option(metavar="TYPE", help="the touchpoint type that makes a person converted")
     ] = DEFAULT_CONVERSION,
-    top: Annotated[
-        int | None, typer.Option(min=1, help="the largest flows only (default: all)")
-    ] = None,
+    top: TopFlows = None,
     collapse_repeats: Collapse = True,
     exclude: Exclude = None,
     since: Since = None,
@@ -238,23 +248,33 @@ def flows_command(
     conversion = touchpoint_type("--conversion", conversion)
     excluded = [touchpoint_type("--exclude", t) for t in exclude or []]
     _check_range(since, until)
+    # A table reads every flow (a few hundred at most) to say how many it leaves out.
     sql, params = _build(
-        FlowsSpec, conversion=conversion, top=top, collapse_repeats=collapse_repeats,
-        exclude=excluded, since=since, until=until,
+        FlowsSpec, conversion=conversion,
+        top=None if output is OutputFormat.table else top,
+        collapse_repeats=collapse_repeats, exclude=excluded, since=since, until=until,
     )  # fmt: skip
     columns, rows = _run(Settings(), sql, params, show_sql)
+    _emit_flows(output, columns, rows, conversion, top, "touchpoint flows")
+
+
+def _emit_flows(output: OutputFormat, columns: list[str], rows: list[list[Any]],
+                label: str, top: int | None, what: str) -> None:
     flows = _records(columns, rows)
+    if output is not OutputFormat.table:
+        # the builders order flows largest first; the stage map has no LIMIT of its own
+        flows, rows = (flows[:top], rows[:top]) if top is not None else (flows, rows)
     if output is OutputFormat.json:
-        _echo_json(sankey(flows, conversion))
+        _echo_json(sankey(flows, label))
     elif output is OutputFormat.csv:
         _write_csv(columns, rows)
     else:
-        _print_flows(flows, conversion)
+        _print_flows(flows[: top or DEFAULT_TOP_FLOWS], label, what, total=len(flows))
 
 
 def _print_flows(flows: list[dict[str, Any]], conversion: str,
-                 what: str = "touchpoint flows") -> None:
-    table = Table(title=f"{what} (converted: has {conversion})", header_style="bold")
+                 what: str = "touchpoint flows", *, total: int) -> None:
+    table = DataTable(title=f"{what} (converted: has {conversion})")
     table.add_column("from")
     table.add_column("to")
     table.add_column("transitions", justify="right")
@@ -272,10 +292,12 @@ def _print_flows(flows: list[dict[str, Any]], conversion: str,
             f["source"], f["target"], str(f["transitions"]), str(f["people"]),
             _percent(f["converted_transitions"] / f["transitions"]), bar,
         )  # fmt: skip
-    console = Console()
+    console = make_console()
     console.print(table)
     if not flows:
         console.print("[dim]no person has two touchpoints in a row[/dim]")
+    elif total > len(flows):
+        console.print(f"[dim]the {len(flows)} largest of {total} flows (see --top)[/dim]")
 
 
 @app.command("map")
@@ -286,6 +308,7 @@ def map_command(
     conversion: Annotated[
         str, typer.Option(metavar="TYPE", help="touchpoint level: what makes a person converted")
     ] = DEFAULT_CONVERSION,
+    top: TopFlows = None,
     since: Since = None,
     until: Until = None,
     output: Format = OutputFormat.table,
@@ -304,13 +327,8 @@ def map_command(
         sql, params = _build(StageMapSpec, since=since, until=until)
         label = "a purchase"
     columns, rows = _run(Settings(), sql, params, show_sql)
-    flows = _records(columns, rows)
-    if output is OutputFormat.json:
-        _echo_json(sankey(flows, label))
-    elif output is OutputFormat.csv:
-        _write_csv(columns, rows)
-    else:
-        _print_flows(flows, label, "touchpoint flows" if level == "touchpoint" else "stage map")
+    what = "touchpoint flows" if level == "touchpoint" else "stage map"
+    _emit_flows(output, columns, rows, label, top, what)
 
 
 # ---- retention -------------------------------------------------------------------------
@@ -376,7 +394,7 @@ def heat(share: float) -> Style:
 
 
 def _print_retention(cohorts: list[dict[str, Any]], periods: int, title: str) -> None:
-    table = Table(title=title, header_style="bold")
+    table = DataTable(title=title)
     table.add_column("cohort")
     table.add_column("size", justify="right")
     for k in range(periods + 1):
@@ -387,7 +405,7 @@ def _print_retention(cohorts: list[dict[str, Any]], periods: int, title: str) ->
             # None: the period has not started within the data yet
             cells.append(Text("") if share is None else Text(_percent(share), style=heat(share)))
         table.add_row(*cells)
-    console = Console()
+    console = make_console()
     console.print(table)
     if not cohorts:
         console.print("[dim]nobody has the cohort event in this range[/dim]")
@@ -472,28 +490,28 @@ def _when(value: Any) -> str:
 
 
 def _print_timeline(who: Mapping[str, Any], entries: list[dict[str, Any]], total: int) -> None:
-    console = Console()
-    person = who["person"]
+    console = make_console()
+    person = escape(str(who["person"]))  # ids are data, never markup
     if who["via_link"]:
         console.print(
-            f"{who['requested']} is an anonymous id linked to customer [bold]{person}[/bold]: "
-            f"showing {person}'s timeline"
+            f"{escape(str(who['requested']))} is an anonymous id linked to customer "
+            f"[bold]{person}[/bold]: showing {person}'s timeline"
         )
     else:
         console.print(f"timeline of [bold]{person}[/bold]")
     if who["anonymous_ids"]:
-        console.print(f"linked anonymous ids: {', '.join(who['anonymous_ids'])}")
+        console.print("linked anonymous ids: " + ", ".join(who["anonymous_ids"]), markup=False)
     if who["ignored_claims"]:
         console.print(
-            f"[yellow]claims ignored[/yellow] (first claimed by another customer): "
-            f"{', '.join(who['ignored_claims'])}"
+            "[yellow]claims ignored[/yellow] (first claimed by another customer): "
+            + escape(", ".join(who["ignored_claims"]))
         )
-    table = Table(header_style="bold")
+    table = DataTable()
     table.add_column("occurred_at (UTC)", no_wrap=True)
     table.add_column("channel")
     table.add_column("type")
     table.add_column("case")
-    table.add_column("properties", overflow="fold")
+    table.add_column("properties")
     for entry in entries:
         table.add_row(
             _when(entry["occurred_at"]), entry["channel"], entry["type"], entry["case_id"],

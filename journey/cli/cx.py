@@ -6,8 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from journey.cli import app
@@ -29,6 +27,7 @@ from journey.cli.friction import friction_app
 from journey.cli.funnel import _duration
 from journey.cli.sql import OutputFormat
 from journey.errors import ConfigurationError
+from journey.output import DataTable, make_console
 from journey.settings import Settings
 from projections.analysis.funnel import DEFAULT_WINDOW, FunnelSpecError, split_steps
 from projections.analysis.impact import (
@@ -86,7 +85,7 @@ def _top_frictions(rates: Mapping[str, float] | None, top: int = 3) -> str:
 
 
 def _print_kpis(records: list[dict[str, Any]], dimensions: Sequence[Dimension]) -> None:
-    table = Table(title="CX metrics", header_style="bold")
+    table = DataTable(title="CX metrics")
     names = list(dict.fromkeys("channel" if d is Dimension.channel else "period"
                                for d in dimensions))  # fmt: skip
     for name in names or ["scope"]:
@@ -97,7 +96,7 @@ def _print_kpis(records: list[dict[str, Any]], dimensions: Sequence[Dimension]) 
     ]  # fmt: skip
     for name in numbers:
         table.add_column(name, justify="right")
-    table.add_column("friction / 1k customers", overflow="fold")
+    table.add_column("friction / 1k customers")
     for r in records:
         keys = [str(r[name] or NO_CHANNEL) for name in names] or [ALL]
         table.add_row(
@@ -110,7 +109,7 @@ def _print_kpis(records: list[dict[str, Any]], dimensions: Sequence[Dimension]) 
             _percent(r["sla_compliance"]) or "-", _percent(r["escalation_rate"]) or "-",
             _percent(r["repeat_contact_rate"]) or "-", _top_frictions(r["friction_per_1000"]),
         )  # fmt: skip
-    console = Console()
+    console = make_console()
     console.print(table)
     if not records:
         console.print("[dim]nothing in the warehouse for this range[/dim]")
@@ -184,9 +183,8 @@ def _versus(affected: float | None, comparison: float | None) -> str:
 
 
 def _print_impact(impacts: list[dict[str, Any]], funnel: str) -> None:
-    table = Table(
+    table = DataTable(
         title=f"what each friction costs (conversion: {funnel}; affected vs comparable)",
-        header_style="bold",
     )
     table.add_column("rule", no_wrap=True)
     for name in ("affected", "matched", "comparison"):
@@ -212,7 +210,7 @@ def _print_impact(impacts: list[dict[str, Any]], funnel: str) -> None:
             _money(lost),
             Text(_bar(lost or 0, largest), style="red"),
         )  # fmt: skip
-    console = Console()
+    console = make_console()
     console.print(table)
     if not impacts:
         console.print("[dim]no friction in this range[/dim]")

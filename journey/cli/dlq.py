@@ -16,10 +16,9 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
 from journey.cli import app
+from journey.output import DataTable, make_console
 from journey.settings import Settings
 from schemas.dead_letter import DeadLetter
 
@@ -164,8 +163,8 @@ def _one_line(text: str) -> str:
 
 
 def _print_table(topic: str, tally: DeadLetterTally, exists: bool) -> None:
-    # highlight/markup off: raw bytes and details are data, never rich markup
-    console = Console(highlight=False, soft_wrap=False)
+    # markup off: raw bytes and details are data, never rich markup
+    console = make_console()
     if not exists:
         console.print(f"no topic {topic} yet: nothing has been dead-lettered", markup=False)
         return
@@ -174,9 +173,9 @@ def _print_table(topic: str, tally: DeadLetterTally, exists: bool) -> None:
         return
     rows = tally.rows()
     if rows:
-        table = Table(header_style="bold", title=f"{topic}: newest {len(rows)}")
+        table = DataTable(title=f"{topic}: newest {len(rows)}")
         for name in ("received_at", "reason", "detail", "field", "source", "raw"):
-            table.add_column(name, overflow="fold")
+            table.add_column(name)
         for row in rows:
             source = (
                 f"{row.source_topic}/{row.source_partition}@{row.source_offset}"
@@ -191,13 +190,13 @@ def _print_table(topic: str, tally: DeadLetterTally, exists: bool) -> None:
                 source,
                 _one_line(row.raw) if row.raw_encoding == "utf-8" else f"(base64) {row.raw}",
             )
-        console.print(table, markup=False)
-    counts = Table(header_style="bold", title="by reason")
+        console.print(table)
+    counts = DataTable(title="by reason")
     counts.add_column("reason")
     counts.add_column("dead letters", justify="right")
     for reason, n in sorted(tally.by_reason.items(), key=lambda item: (-item[1], item[0])):
         counts.add_row(reason, f"{n:,}")
-    console.print(counts, markup=False)
+    console.print(counts)
     shown = f"{tally.matching:,} with reason {tally.reason}, " if tally.reason else ""
     console.print(
         f"{tally.total:,} dead letters in {topic}; {shown}{len(rows)} shown", markup=False

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from journey.cli import app
+from journey.output import DataTable, make_console
 from journey.settings import Settings
 from projections.durations import format_duration
 from projections.friction.config import (
@@ -47,15 +47,15 @@ def rules(
     if output is RulesFormat.json:
         typer.echo(json.dumps(config_as_dict(effective), indent=2))
         return
-    table = Table(title=f"friction rules ({path or 'built-in defaults'})", show_lines=True)
+    table = DataTable(title=f"friction rules ({path or 'built-in defaults'})", show_lines=True)
     table.add_column("rule", style="bold")
     table.add_column("on")
     table.add_column("severities")
     table.add_column("thresholds")
     for name, enabled, severities, thresholds in describe_rules(effective):
-        table.add_row(name, "yes" if enabled else "[red]no[/red]",
+        table.add_row(name, "yes" if enabled else Text("no", style="red"),
                       severities.replace("; ", "\n"), thresholds.replace("; ", "\n"))
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(f"allowed lateness {format_duration(effective.allowed_lateness)}: a deadline "
                   "is reported once its partition has seen an event that much past it")

@@ -119,17 +119,16 @@ def _table_rows(
 
 def _print_funnel_table(columns: list[str], rows: list[list[Any]], text_columns: int) -> None:
     # Unlike `journey sql`'s table: labels never fold, numbers line up on the right.
-    from rich.console import Console
-    from rich.table import Table
+    from journey.output import DataTable, make_console
 
-    table = Table(header_style="bold")
+    table = DataTable()
     for n, name in enumerate(columns):
         text = n < text_columns
         # a number that does not fit wraps: an ellipsis would show a wrong number
         table.add_column(name, no_wrap=text, overflow="fold", justify="left" if text else "right")
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
-    Console().print(table)
+    make_console().print(table)
 
 
 def _emit(output: OutputFormat, columns: list[str], rows: list[list[Any]]) -> None:

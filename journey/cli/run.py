@@ -9,11 +9,11 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from journey.cli import app
 from journey.errors import ConfigurationError
+from journey.output import DataTable, make_console
 from journey.replay import with_generation
 from journey.settings import Settings
 from journey.worker import run_worker, worker_status
@@ -42,16 +42,16 @@ def status(
     the journey projection's, and the friction found by rule."""
     settings = Settings()
     data = worker_status(settings)
-    console = Console()
+    console = make_console()
     if data is None:
         console.print(f"worker: [red]not running[/red] (nothing answers at "
-                      f"{settings.worker_url}; start it with 'journey worker')")
+                      f"{escape(settings.worker_url)}; start it with 'journey worker')")
         raise typer.Exit(1)
     if as_json:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
     c = data["counters"]
-    table = Table(title=f"worker {settings.worker_url}  (up {c['uptime_seconds']:.0f}s)")
+    table = DataTable(title=f"worker {settings.worker_url}  (up {c['uptime_seconds']:.0f}s)")
     table.add_column("counter")
     table.add_column("value", justify="right")
     for name in ("read", "validated", "valid", "invalid", "duplicates", "written",
@@ -73,9 +73,9 @@ def status(
     for rule, n in c.get("friction_retracted", {}).items():
         table.add_row(f"  retracted: {rule}", f"{n:,}")
     console.print(table)
-    console.print(f"bootstrap {data['bootstrap']}  warehouse {data['warehouse']}")
+    console.print(f"bootstrap {data['bootstrap']}  warehouse {data['warehouse']}", markup=False)
     if c.get("last_insert_error"):
-        console.print(f"[red]last insert error:[/red] {c['last_insert_error']}")
+        console.print(f"[red]last insert error:[/red] {escape(c['last_insert_error'])}")
 
 
 def _key_of(line: bytes) -> bytes | None:
@@ -133,9 +133,9 @@ def replay(
     """Rebuild every projection from the touchpoints topic, offset 0 on (a new generation)."""
     from journey.replay import replay as run_replay
 
-    console = Console()
+    console = make_console()
     report = run_replay(Settings(), keep_running=keep_running, timeout=timeout, console=console)
-    table = Table(title=f"replay: generation {report.generation}")
+    table = DataTable(title=f"replay: generation {report.generation}")
     table.add_column("table")
     table.add_column("rows", justify="right")
     for name, n in report.rows.items():

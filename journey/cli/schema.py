@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from journey.cli import app
 from journey.errors import ConfigurationError
+from journey.output import DataTable, make_console
 from schemas.catalogue import CATALOGUE, TouchpointKind
 from schemas.export import export_json_schemas
 
@@ -70,7 +69,7 @@ def export(
 @schema_app.command("list")
 def list_types() -> None:
     """Print the touchpoint catalogue: type, business area and required properties."""
-    table = Table(header_style="bold", title="touchpoint catalogue (wire format v1)")
+    table = DataTable(title="touchpoint catalogue (wire format v1)")
     table.add_column("type")
     table.add_column("business area")
     table.add_column("required properties")
@@ -82,6 +81,6 @@ def list_types() -> None:
             ", ".join(required_properties(kind)) or "-",
             ", ".join(envelope_requirements(kind)),
         )
-    console = Console(highlight=False)
+    console = make_console()
     console.print(table)
     console.print(f"[dim]{len(CATALOGUE)} touchpoint types[/dim]")

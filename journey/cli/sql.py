@@ -44,17 +44,22 @@ def _cell(value: Any) -> str:
 
 
 def _print_table(columns: Columns, rows: Rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_lines=False, header_style="bold")
-    for name in columns:
-        table.add_column(name, overflow="fold")
+    from journey.output import DataTable, make_console
+
+    table = DataTable(show_lines=False)
+    for k, name in enumerate(columns):
+        values = [row[k] for row in rows if row[k] is not None]
+        numeric = bool(values) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*("[dim]NULL[/dim]" if v is None else _cell(v) for v in row))
-    console = Console()
+        table.add_row(*(Text("NULL", style="dim") if v is None else _cell(v) for v in row))
+    console = make_console()
     console.print(table)
-    console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}[/dim]")
+    if console.is_terminal:  # piped, the output is the table alone
+        console.print(f"[dim]{len(rows)} row{'' if len(rows) == 1 else 's'}[/dim]")
 
 
 @app.command("sql")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.markup import escape
 
 from journey.cli import app
 from journey.errors import ConfigurationError
+from journey.output import make_console
 from journey.settings import Settings
 from journey.stack import KafkaStack, Outcome, StackStatus, StopResult
 
@@ -18,8 +19,12 @@ stack_app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 
-# soft_wrap: paths stay whole, on one line, whatever the terminal's width.
-console = Console(highlight=False, soft_wrap=True)
+
+
+def _say(text: str, *, markup: bool = False) -> None:
+    # soft_wrap: paths stay whole, on one line, whatever the terminal's width. Paths and
+    # addresses are data: markup only where the line says so, with its data escaped.
+    make_console(soft_wrap=True).print(text, markup=markup)
 
 
 def _stack() -> KafkaStack:
@@ -31,7 +36,7 @@ def _stack() -> KafkaStack:
         first = exc.errors()[0]
         name = "JOURNEY_" + "_".join(str(part) for part in first["loc"]).upper()
         raise ConfigurationError(f"{name}: {first['msg']}") from exc
-    return KafkaStack(settings, console=Console(stderr=True, soft_wrap=True))
+    return KafkaStack(settings, console=make_console(stderr=True, soft_wrap=True))
 
 
 def _duration(seconds: float) -> str:
@@ -51,15 +56,16 @@ def _show_local(status: StackStatus) -> None:
         return
     version = f"Kafka {record.version}" if record.version else "Kafka"
     uptime = _duration(status.uptime or 0.0)
-    console.print(f"  {version}, pid {record.pid}, up {uptime}")
-    console.print(f"  bootstrap  {record.bootstrap} (controller port {record.controller_port})")
-    console.print(f"  log        {record.log_file}")
-    console.print(f"  data       {record.data_dir}")
+    _say(f"  {version}, pid {record.pid}, up {uptime}")
+    _say(f"  bootstrap  {record.bootstrap} (controller port {record.controller_port})")
+    _say(f"  log        {record.log_file}")
+    _say(f"  data       {record.data_dir}")
 
 
 def _show_stopped(stopped: StopResult) -> None:
     how = "killed after it ignored SIGTERM" if stopped.forced else "stopped"
-    console.print(f"[green]Kafka {how}[/green] (pid {stopped.record.pid}, {stopped.seconds:.1f}s)")
+    _say(f"[green]Kafka {how}[/green] (pid {stopped.record.pid}, {stopped.seconds:.1f}s)",
+         markup=True)
 
 
 @stack_app.command()
@@ -70,19 +76,18 @@ def up(
     result = _stack().up(fresh=fresh)
     status = result.status
     for note in result.notes:
-        console.print(f"[dim]- {note}[/dim]")
+        _say(f"[dim]- {escape(note)}[/dim]", markup=True)
     if result.outcome is Outcome.EXTERNAL:
-        console.print(
-            f"[green]External Kafka at {status.bootstrap} answers[/green]; nothing provisioned "
-            "(JOURNEY_KAFKA_BOOTSTRAP is set)"
+        _say(
+            f"[green]External Kafka at {escape(status.bootstrap)} answers[/green]; nothing "
+            "provisioned (JOURNEY_KAFKA_BOOTSTRAP is set)", markup=True,
         )
         return
     if result.outcome is Outcome.ALREADY_RUNNING:
-        console.print(f"[green]Kafka already running[/green] on {status.bootstrap}")
+        _say(f"[green]Kafka already running[/green] on {escape(status.bootstrap)}", markup=True)
     else:
-        console.print(
-            f"[green]Kafka started[/green] on {status.bootstrap} in {result.seconds:.1f}s"
-        )
+        _say(f"[green]Kafka started[/green] on {escape(status.bootstrap)} in "
+             f"{result.seconds:.1f}s", markup=True)
     _show_local(status)
 
 
@@ -91,14 +96,12 @@ def down() -> None:
     """Stop the local broker this home started."""
     stack = _stack()
     if not stack.settings.uses_local_stack:
-        console.print(
-            f"Kafka at {stack.settings.bootstrap} is external (JOURNEY_KAFKA_BOOTSTRAP): "
-            "nothing to stop"
-        )
+        _say(f"Kafka at {stack.settings.bootstrap} is external (JOURNEY_KAFKA_BOOTSTRAP): "
+             "nothing to stop")
         return
     stopped = stack.down()
     if stopped is None:
-        console.print(f"Kafka is not running (home {stack.dir})")
+        _say(f"Kafka is not running (home {stack.dir})")
         return
     _show_stopped(stopped)
 
@@ -110,15 +113,14 @@ def status() -> None:
     current = stack.status()
     if current.external:
         state = "[green]answers[/green]" if current.answers else "[red]does not answer[/red]"
-        console.print(f"External Kafka at {current.bootstrap} (JOURNEY_KAFKA_BOOTSTRAP): {state}")
+        _say(f"External Kafka at {escape(current.bootstrap)} (JOURNEY_KAFKA_BOOTSTRAP): {state}",
+             markup=True)
         return
     if not current.running:
-        console.print(
-            f"Kafka is not running (would listen on {current.bootstrap}, home {stack.dir})"
-        )
+        _say(f"Kafka is not running (would listen on {current.bootstrap}, home {stack.dir})")
         return
     answers = "" if current.answers else " [red]but its port does not answer[/red]"
-    console.print(f"[green]Kafka running[/green] on {current.bootstrap}{answers}")
+    _say(f"[green]Kafka running[/green] on {escape(current.bootstrap)}{answers}", markup=True)
     _show_local(current)
 
 
@@ -130,4 +132,4 @@ def reset() -> None:
     stopped = stack.reset()
     if stopped is not None:
         _show_stopped(stopped)
-    console.print(f"Deleted {stack.data_dir}" if had_data else f"No data in {stack.dir}")
+    _say(f"Deleted {stack.data_dir}" if had_data else f"No data in {stack.dir}")

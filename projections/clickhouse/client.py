@@ -146,6 +146,9 @@ def _parse(dsn: str) -> _Target:
 _engine_lock = threading.Lock()
 _engine_folder: str | None = None
 _engine_users = 0
+# The working directories the engine was opened in: its file-backed default database
+# resolves relative names against the one it started in (see readonly.py).
+_engine_dirs: set[str] = set()
 
 
 def _lock_holder(folder: str) -> str | None:
@@ -235,6 +238,7 @@ def _claim_engine(target: _Target) -> None:
                 raise _locked_error(target.location, pid)
         _engine_folder = target.location
         _engine_users += 1
+        _engine_dirs.add(os.getcwd())
 
 
 def _release_engine() -> None:
@@ -243,6 +247,12 @@ def _release_engine() -> None:
         _engine_users -= 1
         if _engine_users == 0:
             _engine_folder = None
+
+
+def engine_dirs() -> frozenset[str]:
+    """Every working directory this process opened an embedded warehouse in."""
+    with _engine_lock:
+        return frozenset(_engine_dirs)
 
 
 class _Handles:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
+from http import HTTPStatus
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ from projections.errors import ConfigurationError, JourneyError, ServiceUnavaila
 # timeout only matters for a worker_host that does not answer.
 WORKER_CONNECT_TIMEOUT = 1.0
 WORKER_QUERY_TIMEOUT = 300.0
+UNAUTHORIZED = HTTPStatus.UNAUTHORIZED
 
 
 class QueryFailedError(JourneyError):
@@ -55,6 +57,23 @@ class WarehouseSettings(Protocol):
 
     @property
     def worker_url(self) -> str: ...
+
+    @property
+    def api_token_list(self) -> tuple[str, ...]: ...
+
+
+def worker_headers(tokens: Sequence[str]) -> dict[str, str]:
+    """What a client of the worker's HTTP API sends: the first of JOURNEY_API_TOKENS."""
+    return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+
+
+def refused_token(worker_url: str, tokens: Sequence[str]) -> ConfigurationError:
+    """The one-line error of a worker that answered 401 to the token sent (or to none)."""
+    return ConfigurationError(
+        f"the worker at {worker_url} wants a bearer token: set JOURNEY_API_TOKENS "
+        "to one of the worker's tokens" if not tokens else
+        f"the worker at {worker_url} refused the token: set JOURNEY_API_TOKENS "
+        "(the first one is sent) to one of the worker's tokens")
 
 
 def jsonable(value: Any) -> Any:
@@ -111,7 +130,8 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} as a query parameter")
 
 
-def _ask_worker(worker_url: str, sql: str, params: Mapping[str, Any]) -> Answer | None:
+def _ask_worker(worker_url: str, tokens: Sequence[str], sql: str,
+                params: Mapping[str, Any]) -> Answer | None:
     """The answer of the worker's POST /query, or None when no worker listens there."""
     url = urlsplit(worker_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
@@ -125,7 +145,8 @@ def _ask_worker(worker_url: str, sql: str, params: Mapping[str, Any]) -> Answer 
             conn.sock.settimeout(WORKER_QUERY_TIMEOUT)
         body = json.dumps({"sql": sql, "parameters": dict(params)}, default=_json_value).encode()
         try:
-            conn.request("POST", "/query", body=body, headers={"Content-Type": "application/json"})
+            conn.request("POST", "/query", body=body, headers={
+                "Content-Type": "application/json", **worker_headers(tokens)})
             response = conn.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -139,6 +160,8 @@ def _ask_worker(worker_url: str, sql: str, params: Mapping[str, Any]) -> Answer 
         answer = json.loads(payload)
     except ValueError:
         answer = None
+    if response.status == UNAUTHORIZED:
+        raise refused_token(worker_url, tokens)
     if response.status == 200 and isinstance(answer, dict) and "columns" in answer:
         return Answer(list(answer["columns"]), [list(row) for row in answer.get("rows", [])],
                       list(answer.get("types", [])))
@@ -189,24 +212,27 @@ class Runner:
     """Runs read-only statements and answers questions (specs) on one warehouse.
 
     `Runner(warehouse=...)` runs on a warehouse this process holds open (the worker's
-    HTTP API). `Runner(dsn=..., worker_url=...)` finds the warehouse: for embedded chDB
-    (`chdb://`) it asks the worker's query API first, since a running worker holds the
-    warehouse, and opens the warehouse itself when none listens; a server DSN is
-    queried directly. Failures are JourneyError subclasses with one-line messages.
+    HTTP API). `Runner(dsn=..., worker_url=..., tokens=...)` finds the warehouse: for
+    embedded chDB (`chdb://`) it asks the worker's query API first (with the first token),
+    since a running worker holds the warehouse, and opens the warehouse itself when none
+    listens; a server DSN is queried directly. Failures are JourneyError subclasses with
+    one-line messages.
     """
 
     def __init__(self, *, warehouse: Warehouse | None = None, dsn: str | None = None,
-                 worker_url: str | None = None) -> None:
+                 worker_url: str | None = None, tokens: Sequence[str] = ()) -> None:
         if (warehouse is None) == (dsn is None):
             raise ValueError("a Runner needs an open warehouse or a DSN, not both")
         self._warehouse = warehouse
         self._dsn = dsn
         self._worker_url = worker_url
+        self._tokens = tuple(tokens)
 
     @classmethod
     def for_settings(cls, settings: WarehouseSettings) -> Runner:
         """The runner of the engine's warehouse as the settings name it."""
-        return cls(dsn=settings.warehouse_dsn, worker_url=settings.worker_url)
+        return cls(dsn=settings.warehouse_dsn, worker_url=settings.worker_url,
+                   tokens=settings.api_token_list)
 
     def run(self, sql: str | Statement, params: Mapping[str, Any] | None = None) -> Answer:
         """One read-only statement (or a builder's Statement); values come back as JSON."""
@@ -222,7 +248,7 @@ class Runner:
             raise QueryFailedError(str(exc)) from exc
         assert self._dsn is not None
         if self._dsn.startswith("chdb://") and self._worker_url is not None:
-            answer = _ask_worker(self._worker_url, text, bound)
+            answer = _ask_worker(self._worker_url, self._tokens, text, bound)
             if answer is not None:
                 return answer
         return _query_directly(self._dsn, text, bound)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from journey.cli import main
+from journey.cli.analysis import DEFAULT_TOP_FLOWS
 from projections.analysis.paths import FlowsSpec, PathsSpec
 from projections.analysis.retention import Period, RetentionSpec
 from projections.analysis.timeline import CustomerSpec
@@ -24,6 +25,7 @@ from projections.clickhouse.readonly import run_readonly
 from projections.clickhouse.sql import Statement
 from projections.clickhouse.tables import FRICTION
 from projections.clickhouse.writer import insert_records, insert_touchpoints
+from schemas.catalogue import CATALOGUE
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -766,6 +768,44 @@ def test_cli_paths_and_flows(warehouse: Warehouse, cli: Any) -> None:
     code, out, err = cli("flows", "--top", "3")
     assert code == 0, err
     assert "touchpoint flows" in out and "site_visit" in out
+
+
+def many_flow_records() -> list[Record]:
+    """30 customers, each with its own pair of types twice over: 30 flows of 2..31 moves."""
+    types = sorted(CATALOGUE)
+    records: list[Record] = []
+    for n in range(30):
+        a, b = types[n], types[n + 1]
+        records += seq(f"m{n}", *([a, b] * (n + 2)))
+    return records
+
+
+def test_cli_flows_and_touchpoint_map_show_the_top_flows(warehouse: Warehouse, cli: Any) -> None:
+    records = many_flow_records()
+    store(warehouse, records)
+    want = expected_flows(records)
+    assert len(want) > DEFAULT_TOP_FLOWS
+    for command in (["flows"], ["map", "--level", "touchpoint"]):
+        code, out, err = cli(*command)
+        assert code == 0, err
+        rows = [ln for ln in out.splitlines() if ln.split()[:2] in ([a, b] for a, b, *_ in want)]
+        # the largest flows, largest first
+        assert [ln.split()[:3] for ln in rows] == [
+            [a, b, str(n)] for a, b, n, *_ in want[:DEFAULT_TOP_FLOWS]
+        ]
+        assert f"the {DEFAULT_TOP_FLOWS} largest of {len(want)} flows (see --top)" in out
+        code, out, err = cli(*command, "--top", "5")
+        assert code == 0, err
+        assert f"the 5 largest of {len(want)} flows" in out
+        # JSON and CSV are data: every flow unless --top says otherwise
+        code, out, err = cli(*command, "-f", "json")
+        assert len(json.loads(out)["links"]) == len(want)
+        code, out, err = cli(*command, "-f", "json", "--top", "4")
+        assert [(x["source"], x["target"], x["value"]) for x in json.loads(out)["links"]] == [
+            (a, b, n) for a, b, n, *_ in want[:4]
+        ]
+        code, out, err = cli(*command, "-f", "csv", "--top", "3")
+        assert len(out.splitlines()) == 1 + 3
 
 
 def test_cli_retention(warehouse: Warehouse, cli: Any) -> None:
