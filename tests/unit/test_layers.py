@@ -67,3 +67,16 @@ def test_one_runner_reaches_the_warehouse_for_analysts() -> None:
     assert callers == {
         "projections/clickhouse/readonly.py", "projections/clickhouse/runner.py",
     }, sorted(callers)
+
+
+def test_the_query_layer_shares_public_names_only() -> None:
+    # a helper a second module needs is a public fragment (CONVENTIONS: lessons)
+    borrowed = {
+        f"{path.relative_to(ROOT)}: {node.module}.{alias.name}"
+        for path in modules("projections")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("projections")
+        for alias in node.names
+        if alias.name.startswith("_")
+    }
+    assert not borrowed, sorted(borrowed)
