@@ -52,8 +52,8 @@ class Record(NamedTuple):
 
 
 def make_producer(bootstrap: str, *, linger_ms: int = 10, batch_bytes: int = 512 * 1024,
-                  client_id: str = "journey",
-                  transactional_id: str | None = None) -> AIOKafkaProducer:
+                  client_id: str = "journey", transactional_id: str | None = None,
+                  request_timeout_ms: int = 30000) -> AIOKafkaProducer:
     """A producer that neither loses nor duplicates: acks=all and idempotence on.
 
     With a `transactional_id` its sends and a group's offsets can be committed as one
@@ -70,7 +70,7 @@ def make_producer(bootstrap: str, *, linger_ms: int = 10, batch_bytes: int = 512
         max_batch_size=batch_bytes,
         max_request_size=2 * 1024 * 1024,
         compression_type=None,
-        request_timeout_ms=30000,
+        request_timeout_ms=request_timeout_ms,
     )
 
 
