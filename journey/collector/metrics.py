@@ -15,7 +15,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "CollectorMetrics"]
 
 # The *_created series double what a scrape carries and tell nothing a counter's reset
 # does not; the collector is the only user of prometheus_client in its process.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class CollectorMetrics:
