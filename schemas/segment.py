@@ -148,8 +148,16 @@ def _with(props: Mapping[str, Any], **ours: Any) -> dict[str, Any]:
     return out
 
 
+def _with_ids(props: dict[str, Any], *names: str) -> dict[str, Any]:
+    # Segment's ids are strings; its libraries let numbers through, ours do not.
+    for name in names:
+        if name in props:
+            props[name] = _text_id(props[name])
+    return props
+
+
 def _product_id(props: Mapping[str, Any]) -> Any:
-    return _text_id(_first(props, "product_id", "sku", "id"))
+    return _first(props, "product_id", "sku", "id")
 
 
 def _money(props: Mapping[str, Any], amount_field: str, *names: str) -> dict[str, Any]:
@@ -163,12 +171,12 @@ def _products_searched(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _product_viewed(props: Mapping[str, Any]) -> dict[str, Any]:
-    return _with(props, product_id=_product_id(props))
+    return _with_ids(_with(props, product_id=_product_id(props)), "product_id")
 
 
 def _product_added(props: Mapping[str, Any]) -> dict[str, Any]:
     # Segment's quantity is optional: one product was added.
-    return _with(props, product_id=_product_id(props), quantity=1)
+    return _with_ids(_with(props, product_id=_product_id(props), quantity=1), "product_id")
 
 
 def _checkout_started(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,14 +185,12 @@ def _checkout_started(props: Mapping[str, Any]) -> dict[str, Any]:
 
 def _order_completed(props: Mapping[str, Any]) -> dict[str, Any]:
     products = props.get("products")
-    return _with(_money(props, "revenue", "revenue", "total", "value"),
-                 order_id=_text_id(props.get("order_id")),
-                 items=products if isinstance(products, list) else None)
+    return _with_ids(_with(_money(props, "revenue", "revenue", "total", "value"),
+                           items=products if isinstance(products, list) else None), "order_id")
 
 
 def _order_refunded(props: Mapping[str, Any]) -> dict[str, Any]:
-    return _with(_money(props, "amount", "total", "revenue", "value"),
-                 order_id=_text_id(props.get("order_id")))
+    return _with_ids(_money(props, "amount", "total", "revenue", "value"), "order_id")
 
 
 _Mapper = Callable[[Mapping[str, Any]], dict[str, Any]]
