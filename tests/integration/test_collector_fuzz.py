@@ -5,6 +5,7 @@ event it answered for is on Kafka - the accepted on the ingest topic, the reject
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ TALLY: Counter[str] = Counter()
 def _ndjson(ctx: Any, value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode()
-    return orjson.dumps(value)
+    return json.dumps(value).encode()  # not orjson: fuzzed integers exceed 64 bits
 
 
 @schemathesis.serializer("text/plain")
@@ -50,7 +51,7 @@ def _text(ctx: Any, value: Any) -> bytes:
     # analytics.js sends JSON as text/plain; the default would send Python's repr
     if isinstance(value, str):
         return value.encode()
-    return orjson.dumps(value)
+    return json.dumps(value).encode()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def fuzzed(kafka: str, settings: Settings) -> Iterator[tuple[CollectorProcess, S
 
 
 @SCHEMA.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_answer_outside_the_document(case: Any, fuzzed: tuple[CollectorProcess,
                                                                  Settings]) -> None:
     proc, _ = fuzzed
