@@ -1,10 +1,12 @@
-"""The collector's way to the broker: each request's records in one batched send, answered
-only once every replica in sync acknowledged them (acks=all, idempotent producer)."""
+"""The collector's way to the broker: the records of the requests waiting go out together,
+one record batch per topic partition, and each request is answered only once every replica
+in sync acknowledged its records (acks=all, idempotent producer)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Final
@@ -39,6 +41,20 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _settle(delivered: asyncio.Future[Any], waiters: list[asyncio.Future[None]]) -> None:
+    """Tell every request of a group how its records fared."""
+    error = None if delivered.cancelled() else delivered.exception()
+    for acked in waiters:
+        if acked.done():
+            continue
+        if delivered.cancelled():
+            acked.cancel()
+        elif error is not None:
+            acked.set_exception(error)
+        else:
+            acked.set_result(None)
+
+
 class Publisher:
     """One idempotent producer per collector process, connected in the background so that
     the collector answers (503) while the broker is away, and sends as soon as it is back."""
@@ -52,6 +68,9 @@ class Publisher:
         self._partitioner = DefaultPartitioner()
         self._producer: Any = None
         self._connecting: asyncio.Task[None] | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._waiting: list[tuple[list[Record], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
         self.healthy = False  # the last send (or the connection) succeeded
 
     @property
@@ -99,49 +118,66 @@ class Publisher:
                       dead: Sequence[bytes]) -> None:
         """Send accepted touchpoints (keyed) to the ingest topic and dead letters to the DLQ,
         and wait for all of them to be acknowledged; BrokerUnavailableError otherwise."""
-        producer = self._producer
-        if producer is None:
+        if self._producer is None:
             raise BrokerUnavailableError(f"not connected to Kafka at {self.bootstrap} yet")
         records = [Record(self.ingest_topic, key, value) for key, value in accepted]
         records += [Record(self.dlq_topic, None, value) for value in dead]
         if not records:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((records, acked))
+        self._wakeup.set()
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send_forever())
         try:
-            futures = await asyncio.wait_for(self._enqueue(producer, records), self.timeout)
-        except (TimeoutError, KafkaError) as exc:
-            self.healthy = False
-            raise BrokerUnavailableError(f"Kafka at {self.bootstrap} did not take the records "
-                                         f"({type(exc).__name__})") from exc
-        # asyncio.wait, not wait_for: the producer's delivery futures are its own and must
-        # not be cancelled when we stop waiting.
-        _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
-        if pending:
-            for future in pending:
-                future.add_done_callback(_retrieve)
+            # shield: the group's outcome is shared with the other requests in it
+            await asyncio.wait_for(asyncio.shield(acked), self.timeout)
+        except TimeoutError:
+            acked.add_done_callback(_retrieve)
             self.healthy = False
             raise BrokerUnavailableError(
-                f"Kafka at {self.bootstrap} did not acknowledge within {self.timeout:g}s")
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                self.healthy = False
-                raise BrokerUnavailableError(f"Kafka at {self.bootstrap} refused the records "
-                                             f"({type(error).__name__}: {error})") from error
+                f"Kafka at {self.bootstrap} did not acknowledge within {self.timeout:g}s"
+            ) from None
+        except KafkaError as exc:
+            self.healthy = False
+            raise BrokerUnavailableError(f"Kafka at {self.bootstrap} refused the records "
+                                         f"({type(exc).__name__}: {exc})") from exc
         self.healthy = True
 
-    async def _enqueue(self, producer: Any, records: list[Record]) -> list[asyncio.Future[Any]]:
-        # One record batch per topic partition: one future per batch, not one per record.
-        chunks = await record_batches(producer, records, self._partitioner)
-        return [await producer.send_batch(c.builder, c.topic, partition=c.partition)
-                for c in chunks]
+    async def _send_forever(self) -> None:
+        """The one task that hands records to the producer (group commit): it takes the
+        records of every request waiting, sends them as one record batch per topic
+        partition, and goes on to the next group while the broker acknowledges this one.
+        One sender also keeps concurrent requests from racing for aiokafka's per-partition
+        batch slot, whose wait shortens its own timeout on every retry."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            group, self._waiting = self._waiting, []
+            if not group:
+                continue
+            waiters = [acked for _, acked in group]
+            try:
+                chunks = await record_batches(
+                    self._producer, [r for records, _ in group for r in records],
+                    self._partitioner)
+                futures = [await self._producer.send_batch(c.builder, c.topic,
+                                                           partition=c.partition)
+                           for c in chunks]
+            except (KafkaError, OSError) as exc:
+                for acked in waiters:
+                    if not acked.done():
+                        acked.set_exception(exc)
+                continue
+            delivered = asyncio.gather(*futures)
+            delivered.add_done_callback(functools.partial(_settle, waiters=waiters))
 
     async def stop(self) -> None:
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connecting
+        for task in (self._connecting, self._sending):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
