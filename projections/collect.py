@@ -12,11 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-from schemas.codec import InvalidTouchpointError, Reason, decode_touchpoint, encode_json
+from schemas.codec import (
+    InvalidTouchpointError,
+    Reason,
+    decode_parsed_touchpoint,
+    decode_touchpoint,
+    encode_json,
+)
 from schemas.dead_letter import DeadLetter
 from schemas.segment import STAGE as SEGMENT_STAGE
 from schemas.segment import segment_touchpoint
@@ -56,8 +62,19 @@ class Collected:
                 "rejected": [r.as_json() for r in self.rejected]}
 
 
-def split_native(body: bytes, *, ndjson: bool) -> list[bytes]:
-    """The events of a native request body, each as the bytes to validate and send.
+UNPARSED: Final = object()
+
+
+class RawEvent(NamedTuple):
+    """One event of a request: the bytes to validate and send, and their JSON when the
+    body's parse already gave it (UNPARSED otherwise)."""
+
+    raw: bytes
+    parsed: Any = UNPARSED
+
+
+def split_native(body: bytes, *, ndjson: bool) -> list[RawEvent]:
+    """The events of a native request body.
 
     JSON lines: each non-blank line as it is. JSON: an array's items (re-encoded, as an
     array has no bytes per item) or the whole body as one event - also when it is not
@@ -66,14 +83,14 @@ def split_native(body: bytes, *, ndjson: bool) -> list[bytes]:
     if not body.strip():
         raise EmptyBodyError("the body is empty: send a touchpoint, an array or JSON lines")
     if ndjson:
-        return [line.rstrip(b"\r") for line in body.split(b"\n") if line.strip()]
+        return [RawEvent(line.rstrip(b"\r")) for line in body.split(b"\n") if line.strip()]
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return [body]
+        return [RawEvent(body)]
     if isinstance(parsed, list):
-        return [orjson.dumps(item) for item in parsed]
-    return [body]
+        return [RawEvent(orjson.dumps(item), item) for item in parsed]
+    return [RawEvent(body, parsed)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,22 +146,28 @@ def _refuse(out: Collected, index: int, raw: bytes, error: InvalidTouchpointErro
     out.rejected.append(Rejection(index, str(error.reason), error.detail))
 
 
-def _admit(out: Collected, raw: bytes, *, now: datetime) -> InvalidTouchpointError | None:
+def _admit(out: Collected, event: RawEvent, *,
+           now: datetime) -> InvalidTouchpointError | None:
+    raw = event.raw
     try:
-        touchpoint = decode_touchpoint(raw, now=now)
+        if event.parsed is UNPARSED:
+            touchpoint = decode_touchpoint(raw, now=now)
+        else:
+            touchpoint = decode_parsed_touchpoint(event.parsed, size=len(raw), now=now)
     except InvalidTouchpointError as exc:
         return exc
     out.accepted.append((identity_key(touchpoint).encode(), raw))
     return None
 
 
-def collect_native(events: Iterable[bytes], *, source: str, now: datetime) -> Collected:
+def collect_native(events: Iterable[RawEvent], *, source: str, now: datetime) -> Collected:
     """Check each event; `source` names the endpoint in the dead letters' `topic`."""
     out = Collected()
-    for index, raw in enumerate(events):
-        error = _admit(out, raw, now=now)
+    for index, event in enumerate(events):
+        error = _admit(out, event, now=now)
         if error is not None:
-            _refuse(out, index, raw, error, source=source, stage=NATIVE_STAGE, now=now)
+            _refuse(out, index, event.raw, error, source=source, stage=NATIVE_STAGE,
+                    now=now)
     return out
 
 
@@ -165,7 +188,7 @@ def collect_segment(body: SegmentBody, *, call: str | None, source: str,
         try:
             candidate = segment_touchpoint(item, call=call, received_at=now,
                                            defaults=body.defaults)
-            error = _admit(out, orjson.dumps(candidate), now=now)
+            error = _admit(out, RawEvent(orjson.dumps(candidate), candidate), now=now)
         except InvalidTouchpointError as exc:
             error = exc
         if error is not None:

@@ -14,7 +14,7 @@ from typing import Any, Final
 from journey.errors import ServiceUnavailableError
 from journey.settings import Settings
 from streams.kafka import (
-    DefaultPartitioner,
+    CachedKeyPartitioner,
     KafkaError,
     Record,
     create_topics,
@@ -65,7 +65,7 @@ class Publisher:
         self.ingest_topic = spec.ingest.name
         self.dlq_topic = spec.dlq.name
         self.timeout = settings.collector_send_timeout
-        self._partitioner = DefaultPartitioner()
+        self._partitioner = CachedKeyPartitioner()
         self._producer: Any = None
         self._connecting: asyncio.Task[None] | None = None
         self._sending: asyncio.Task[None] | None = None

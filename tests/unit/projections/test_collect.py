@@ -11,6 +11,7 @@ import pytest
 
 from projections.collect import (
     EmptyBodyError,
+    RawEvent,
     collect_native,
     collect_segment,
     split_native,
@@ -43,22 +44,23 @@ def letters(dead: list[bytes]) -> list[DeadLetter]:
 
 def test_one_object_is_one_event_with_its_bytes() -> None:
     body = raw(customer_id="c-1")
-    assert split_native(body, ndjson=False) == [body]
+    assert split_native(body, ndjson=False) == [RawEvent(body, orjson.loads(body))]
 
 
-def test_an_array_is_its_items() -> None:
+def test_an_array_is_its_items_with_their_json() -> None:
     items = [event(customer_id="c-1"), event(anonymous_id="a-1"), 7]
     got = split_native(orjson.dumps(items), ndjson=False)
-    assert [orjson.loads(g) for g in got] == items
+    assert [orjson.loads(g.raw) for g in got] == [g.parsed for g in got] == items
 
 
 def test_json_lines_skip_blank_lines_and_carriage_returns() -> None:
     a, b = raw(customer_id="c"), raw(customer_id="d")
-    assert split_native(a + b"\r\n\n  \n" + b + b"\n", ndjson=True) == [a, b]
+    assert split_native(a + b"\r\n\n  \n" + b + b"\n", ndjson=True) == [
+        RawEvent(a), RawEvent(b)]
 
 
 def test_a_body_that_is_no_json_is_one_bad_event() -> None:
-    assert split_native(b"{nope", ndjson=False) == [b"{nope"]
+    assert split_native(b"{nope", ndjson=False) == [RawEvent(b"{nope")]
 
 
 def test_an_empty_body_is_refused_as_a_whole() -> None:
@@ -71,7 +73,7 @@ def test_an_empty_body_is_refused_as_a_whole() -> None:
 
 def test_accepted_events_are_keyed_by_customer_else_anonymous_id() -> None:
     known, visitor = raw(customer_id="c-1", anonymous_id="a-1"), raw(anonymous_id="a-2")
-    out = collect_native([known, visitor], source=SOURCE, now=NOW)
+    out = collect_native([RawEvent(known), RawEvent(visitor)], source=SOURCE, now=NOW)
     assert out.accepted == [(b"c-1", known), (b"a-2", visitor)]
     assert out.dead == [] and out.answer() == {"accepted": 2, "rejected": []}
 
@@ -80,7 +82,7 @@ def test_refused_events_are_dead_letters_with_reason_bytes_and_place() -> None:
     good = raw(customer_id="c")
     events = [good, b"{bad", raw(type="teleport", customer_id="c"),
               raw(customer_id="c", occurred_at=(NOW + timedelta(days=2)).isoformat())]
-    out = collect_native(events, source=SOURCE, now=NOW)
+    out = collect_native(map(RawEvent, events), source=SOURCE, now=NOW)
     assert out.accepted == [(b"c", good)]
     assert [(r.index, r.reason) for r in out.rejected] == [
         (1, "invalid_json"), (2, "unknown_type"), (3, "future_timestamp")]
@@ -97,7 +99,10 @@ def test_the_verdict_is_the_codecs_own() -> None:
     for candidate in (raw(customer_id="c"), raw(), raw(channel="pigeon", customer_id="c"),
                       raw(type="support_contact", customer_id="c",
                           properties={"topic": "t"})):
-        out = collect_native([candidate], source=SOURCE, now=NOW)
+        parsed = collect_native(split_native(b"[" + candidate + b"]", ndjson=False),
+                                source=SOURCE, now=NOW)
+        out = collect_native([RawEvent(candidate)], source=SOURCE, now=NOW)
+        assert parsed.answer() == out.answer()
         try:
             decode_touchpoint(candidate, now=NOW)
             assert len(out.accepted) == 1
