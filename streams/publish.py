@@ -43,7 +43,11 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 def _settle(delivered: asyncio.Future[Any], waiters: list[asyncio.Future[None]]) -> None:
     """Tell every request of a group how its records fared."""
-    error = None if delivered.cancelled() else delivered.exception()
+    error = None
+    if not delivered.cancelled():
+        # return_exceptions: every batch's error is read, the first one is told
+        error = delivered.exception() or next(
+            (r for r in delivered.result() if isinstance(r, BaseException)), None)
     for acked in waiters:
         if acked.done():
             continue
@@ -169,7 +173,7 @@ class Publisher:
                     if not acked.done():
                         acked.set_exception(exc)
                 continue
-            delivered = asyncio.gather(*futures)
+            delivered = asyncio.gather(*futures, return_exceptions=True)
             delivered.add_done_callback(functools.partial(_settle, waiters=waiters))
 
     async def stop(self) -> None:
