@@ -201,15 +201,27 @@ def _parse(raw: bytes) -> Any:
         ) from None
 
 
+def _check_size(size: int) -> None:
+    if size > MAX_TOUCHPOINT_BYTES:
+        raise InvalidTouchpointError(
+            Reason.PAYLOAD_TOO_LARGE,
+            f"The payload is {size} bytes; at most {MAX_TOUCHPOINT_BYTES} are accepted.",
+        )
+
+
 def decode_touchpoint(raw: bytes, *, now: datetime) -> Touchpoint:
     """Decode one message of the ingest topic; raises only InvalidTouchpointError."""
     context = _validation_context(now)
-    if len(raw) > MAX_TOUCHPOINT_BYTES:
-        raise InvalidTouchpointError(
-            Reason.PAYLOAD_TOO_LARGE,
-            f"The payload is {len(raw)} bytes; at most {MAX_TOUCHPOINT_BYTES} are accepted.",
-        )
+    _check_size(len(raw))
     return _validate(_parse(raw), context)
+
+
+def decode_parsed_touchpoint(data: Any, *, size: int, now: datetime) -> Touchpoint:
+    """decode_touchpoint of `size` bytes whose JSON was already parsed into `data`
+    (items of an array body, say): the same checks, without parsing them again."""
+    context = _validation_context(now)
+    _check_size(size)
+    return _validate(data, context)
 
 
 def decode_stored_touchpoint(raw: bytes) -> Touchpoint:

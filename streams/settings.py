@@ -80,6 +80,38 @@ class Settings(BaseSettings):
             return self.kafka_bootstrap
         return f"{LOCAL_KAFKA_HOST}:{self.kafka_port}"
 
+    # the HTTP collector (journey collector)
+    collector_host: str = Field("127.0.0.1", description="address the collector binds")
+    collector_port: int = 6070
+    collector_write_keys: str | None = Field(
+        None, description="comma-separated write keys, each `key` or `name=key`"
+    )
+    collector_write_keys_file: Path | None = Field(
+        None, description="file of write keys, one `key` or `name=key` a line (# comments)"
+    )
+    collector_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="largest request body, after gunzip too (413)"
+    )
+    collector_rate_limit: float = Field(
+        20_000.0, ge=0, description="events per second per write key and process; 0 = none"
+    )
+    collector_rate_burst_seconds: float = Field(
+        2.0, gt=0, description="seconds of the rate a key may send at once"
+    )
+    collector_cors_origins: str = Field(
+        "", description="comma-separated origins browsers may send from, or *; empty = none"
+    )
+    collector_send_timeout: float = Field(
+        10.0, gt=0, description="seconds to wait for the broker's acks before answering 503"
+    )
+    collector_retry_after: int = Field(
+        5, ge=1, description="seconds a client is told to wait after a 503"
+    )
+
+    @property
+    def collector_url(self) -> str:
+        return f"http://{self.collector_host}:{self.collector_port}"
+
     @property
     def warehouse_dsn(self) -> str:
         if self.clickhouse_dsn:

@@ -4,6 +4,7 @@
 from journey.cli import (
     alerts,
     analysis,
+    collector,
     cx,
     demo,
     dlq,
