@@ -11,8 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
-from journey.errors import ServiceUnavailableError
-from journey.settings import Settings
+from projections.errors import ServiceUnavailableError
 from streams.kafka import (
     CachedKeyPartitioner,
     KafkaError,
@@ -21,6 +20,7 @@ from streams.kafka import (
     make_producer,
     record_batches,
 )
+from streams.settings import Settings
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ import aiohttp
 import orjson
 import pytest
 
-from projections.clickhouse.runner import run_query
 from journey.collector.run import CollectorProcess
 from journey.settings import Settings
 from journey.worker import WorkerProcess, settings_env
+from projections.clickhouse.runner import run_query
 from schemas.dead_letter import DeadLetter
 from schemas.segment import event_id_of
 from tests.integration.helpers import read_topic, touchpoint, wait_for
