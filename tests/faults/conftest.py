@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from journey.settings import Settings
-from journey.stack import KafkaStack
 from journey.worker import WorkerProcess, settings_env
 from tests.faults.harness import (
     Reference,
@@ -19,19 +18,14 @@ from tests.faults.harness import (
     stack_settings,
     workload,
 )
-from tests.ports import free_port
+from tests.integration.helpers import own_broker
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    home = tmp_path_factory.mktemp("fault-broker")
-    settings = Settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port())
-    stack = KafkaStack(settings)
-    stack.up()
-    yield settings
-    stack.down()
+    yield from own_broker(tmp_path_factory.mktemp("fault-broker"))
 
 
 @pytest.fixture(scope="session")

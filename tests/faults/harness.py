@@ -29,7 +29,6 @@ import orjson
 
 from journey.replay import projection_lags
 from journey.settings import Settings
-from journey.stack import KafkaStack
 from journey.worker import WorkerProcess, worker_status
 from journey.workload import Workload, generate
 from projections.clickhouse.runner import run_query
@@ -193,23 +192,6 @@ def _rows(rows: list[Any]) -> Counter[bytes]:
     # Rows hold maps and arrays: compare them as canonical JSON.
     return Counter(orjson.dumps(list(r), default=str, option=orjson.OPT_SORT_KEYS
                                 | orjson.OPT_NON_STR_KEYS) for r in rows)
-
-
-def kill_broker(settings: Settings) -> None:
-    """SIGKILL the broker and wait until it is gone (reaped, when it is our child)."""
-    record = KafkaStack(settings).status().record
-    assert record is not None, "the broker is not running"
-    os.kill(record.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(record.pid, os.WNOHANG)[0] == record.pid:
-                return
-        except ChildProcessError:  # not our child: gone once /proc forgets it
-            if not Path(f"/proc/{record.pid}").exists():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"the broker (pid {record.pid}) did not die within 30s")
 
 
 def kill(worker: WorkerProcess) -> None:

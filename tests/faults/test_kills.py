@@ -21,11 +21,11 @@ from tests.faults.harness import (
     chunks,
     judge,
     kill,
-    kill_broker,
     produce,
     restart_and_feed,
     stack_settings,
 )
+from tests.integration.helpers import kill_broker
 
 pytestmark = pytest.mark.integration
 

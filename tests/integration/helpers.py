@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from journey.settings import Settings
+from journey.stack import KafkaStack
 from journey.worker import worker_status
 from streams.kafka import TopicPartition, make_consumer
+from tests.ports import free_port
 
 
 def touchpoint(
@@ -88,3 +93,31 @@ def counters(settings: Settings) -> dict[str, Any]:
 
 def encode(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
+
+
+def own_broker(home: Path, **settings: Any) -> Iterator[Settings]:
+    """A broker of a module's own on free ports (one the module may kill; the session's
+    broker stays untouched), with these settings; stopped at the end."""
+    own = Settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(),
+                   **settings)
+    stack = KafkaStack(own)
+    stack.up()
+    yield own
+    stack.down()
+
+
+def kill_broker(settings: Settings) -> None:
+    """SIGKILL the broker and wait until it is gone (reaped, when it is our child)."""
+    record = KafkaStack(settings).status().record
+    assert record is not None, "the broker is not running"
+    os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(record.pid, os.WNOHANG)[0] == record.pid:
+                return
+        except ChildProcessError:  # not our child: gone once /proc forgets it
+            if not Path(f"/proc/{record.pid}").exists():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the broker (pid {record.pid}) did not die within 30s")

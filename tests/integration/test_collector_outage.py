@@ -4,12 +4,9 @@ a client that sends them again once it is back loses nothing."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -19,7 +16,7 @@ from journey.collector.run import CollectorProcess
 from journey.settings import Settings
 from journey.stack import KafkaStack
 from journey.worker import settings_env
-from tests.integration.helpers import read_topic, touchpoint
+from tests.integration.helpers import kill_broker, own_broker, read_topic, touchpoint
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -31,32 +28,11 @@ BATCH = 25
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A broker of this module's own: it is killed mid-test, the session's is not."""
-    home = tmp_path_factory.mktemp("outage-broker")
     run = uuid.uuid4().hex[:6]
-    settings = Settings(
-        home=home, kafka_port=free_port(), kafka_controller_port=free_port(),
-        topic_ingest=f"outage-{run}.ingest", topic_dlq=f"outage-{run}.dlq",
-        collector_port=free_port(), collector_send_timeout=3.0, collector_retry_after=1)
-    stack = KafkaStack(settings)
-    stack.up()
-    yield settings
-    stack.down()
-
-
-def kill_broker(settings: Settings) -> None:
-    record = KafkaStack(settings).status().record
-    assert record is not None, "the broker is not running"
-    os.kill(record.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{record.pid}").exists():
-        try:
-            if os.waitpid(record.pid, os.WNOHANG)[0] == record.pid:
-                return
-        except ChildProcessError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the broker (pid {record.pid}) did not die within 30s")
-        time.sleep(0.1)
+    yield from own_broker(
+        tmp_path_factory.mktemp("outage-broker"), topic_ingest=f"outage-{run}.ingest",
+        topic_dlq=f"outage-{run}.dlq", collector_port=free_port(), collector_send_timeout=3.0,
+        collector_retry_after=1)
 
 
 async def send_until_acknowledged(http: aiohttp.ClientSession, url: str, body: bytes,

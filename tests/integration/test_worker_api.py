@@ -30,7 +30,7 @@ from journey.worker import WorkerProcess, settings_env
 from projections.clickhouse.runner import run_query
 from streams.kafka import make_consumer, make_producer
 from streams.validator import validator_group
-from tests.integration.helpers import touchpoint
+from tests.integration.helpers import own_broker, touchpoint
 from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -42,12 +42,7 @@ STUCK_SECONDS = 4.0
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A broker of this module's own: it is stopped mid-test, the session's is not."""
-    home = tmp_path_factory.mktemp("api-broker")
-    settings = Settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port())
-    stack = KafkaStack(settings)
-    stack.up()
-    yield settings
-    stack.down()
+    yield from own_broker(tmp_path_factory.mktemp("api-broker"))
 
 
 def worker_settings(broker: Settings, root: Path, **extra: Any) -> Settings:
