@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from journey.child import ChildProcess
 from journey.errors import ConfigurationError, ServiceUnavailableError
 from journey.settings import Settings
 
@@ -102,55 +103,18 @@ def require_worker(settings: Settings) -> dict[str, Any]:
     return status
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """A worker started as a child process (for the demo and the integration tests)."""
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        super().__init__("worker", settings.home / "worker.log", env)
         self.settings = settings
-        self.env = env
-        self.proc: Any = None
-        self.log_path = settings.home / "worker.log"
 
     def start(self, timeout: float = 120.0) -> None:
-        import os
-        import subprocess
-        import sys
-        import time
-
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "journey", "worker"], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServiceUnavailableError(
-                    f"the worker exited with code {self.proc.returncode} while starting: "
-                    f"see {self.log_path}")
-            if self.ready():
-                return
-            time.sleep(0.3)
-        self.stop()
-        raise ServiceUnavailableError(
-            f"the worker did not become ready within {timeout:.0f}s: see {self.log_path}")
+        self.spawn(self.ready, timeout)
 
     def ready(self) -> bool:
         """The worker answers and its warehouse is open (healthy or not otherwise)."""
         health = worker_health(self.settings, timeout=1)
         return health is not None and bool(health[1].get("warehouse"))
 
-    def stop(self, timeout: float = 30.0) -> None:
-        import subprocess
-
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from journey.child import ChildProcess
 from journey.collector.access import WriteKeys, is_loopback
 from journey.errors import ConfigurationError, ServiceUnavailableError
 from journey.settings import Settings
@@ -92,47 +89,21 @@ def collector_health(settings: Settings, host: str | None = None,
         return None
 
 
-class CollectorProcess:
+class CollectorProcess(ChildProcess):
     """`journey collector` as a child process (for tests and benchmarks)."""
 
     def __init__(self, settings: Settings, env: dict[str, str]) -> None:
+        super().__init__("collector", settings.home / f"collector-{settings.collector_port}.log",
+                         env)
         self.settings = settings
-        self.env = env
-        self.proc: Any = None
-        self.log_path = settings.home / f"collector-{settings.collector_port}.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.collector_port}"
 
     def start(self, timeout: float = 60.0, *, wait_for_kafka: bool = True) -> None:
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "journey", "collector"], stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env}, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServiceUnavailableError(
-                    f"the collector exited with code {self.proc.returncode} while starting: "
-                    f"see {self.log_path}")
+        def ready() -> bool:
             health = collector_health(self.settings, "127.0.0.1")
-            if health is not None and (health.get("kafka") or not wait_for_kafka):
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise ServiceUnavailableError(
-            f"the collector did not become ready within {timeout:.0f}s: see {self.log_path}")
+            return health is not None and bool(health.get("kafka") or not wait_for_kafka)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        self.spawn(ready, timeout, poll=0.2)
