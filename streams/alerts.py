@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -386,12 +386,17 @@ class Holding:
         self.records: list[_Held] = []
         self.newest = -math.inf  # the newest detection time read in this partition
         self.end = 0  # the offset after the last record read
+        # friction ids retracted by a record in the buffer (always after its detection:
+        # one customer's friction is in one partition, in the order it was written)
+        self._retractions: Counter[str] = Counter()
         self._withdrawn: dict[str, set[str]] = {p.name: set() for p in router.policies}
 
     def add(self, alert: Alert | None, offset: int) -> None:
         news = alert is not None and self.router.first(alert)
         waiting = {p.name for p in self.router.policies} if news else set()
         self.records.append(_Held(alert if news else None, offset, waiting))
+        if news and alert is not None and alert.friction.status == "retracted":
+            self._retractions[alert.friction.friction_id] += 1
         if alert is not None:
             self.newest = max(self.newest, alert.friction.detected_at.timestamp())
         self.end = offset + 1
@@ -412,6 +417,7 @@ class Holding:
         if not done:
             return out, None
         offset = self.records[done - 1].offset + 1
+        self._forget(self.records[:done])
         del self.records[:done]
         return out, offset
 
@@ -432,8 +438,8 @@ class Holding:
             if friction.status == "retracted" and friction.friction_id in withdrawn:
                 withdrawn.discard(friction.friction_id)
                 continue
-            if friction.status == "detected" and policy.hold and self._retracted(
-                    friction.friction_id, i):
+            if friction.status == "detected" and policy.hold and \
+                    self._retractions[friction.friction_id]:
                 counters.withdrawn += 1
                 withdrawn.add(friction.friction_id)
                 continue
@@ -441,10 +447,12 @@ class Holding:
                 due.append(alert)
         return due
 
-    def _retracted(self, friction_id: str, after: int) -> bool:
-        return any(h.alert is not None and h.alert.friction.status == "retracted"
-                   and h.alert.friction.friction_id == friction_id
-                   for h in self.records[after + 1:])
+    def _forget(self, records: list[_Held]) -> None:
+        for held in records:
+            if held.alert is not None and held.alert.friction.status == "retracted":
+                self._retractions[held.alert.friction.friction_id] -= 1
+                if not self._retractions[held.alert.friction.friction_id]:
+                    del self._retractions[held.alert.friction.friction_id]
 
     def held(self, sink: str) -> int:
         return sum(1 for h in self.records if sink in h.waiting)
@@ -454,6 +462,7 @@ class Holding:
         for held in self.records:
             if held.alert is not None:
                 self.router.forget(held.alert)
+        self._forget(self.records)
         self.records.clear()
 
 
